@@ -1,0 +1,3 @@
+from hookshield.cli import main
+
+raise SystemExit(main())

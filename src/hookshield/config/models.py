@@ -1,0 +1,143 @@
+"""The validated configuration: frozen, typed, built once by `config.parse`.
+
+Nothing here reads files or environment; the hot path never sees raw YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from yarl import URL
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Mode = Literal["sync", "async"]
+Scheme = Literal["hmac-sha256", "standard-webhooks", "stripe"]
+SCHEMES: tuple[Scheme, ...] = ("hmac-sha256", "standard-webhooks", "stripe")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A named signing secret. Its value never appears in `repr` (and so in no log)."""
+
+    name: str
+    value: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AdminConfig(Address):
+    token_env: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    redis_url: str | None
+    sqlite_path: Path
+    workers: int
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    recovery_timeout_s: float = 60.0
+    success_threshold: int = 3
+    half_open_max_calls: int = 1
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = 3
+    initial_delay_ms: float = 1000.0
+    multiplier: float = 2.0
+    max_delay_ms: float = 30000.0
+    jitter: bool = True
+    schedule_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeadersConfig:
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    scheme: Scheme
+    secrets: tuple[Secret, ...]
+    header: str
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class StaticResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    cached_ttl_s: float | None = None
+    response: StaticResponse | None = None
+    queue: bool = False
+
+
+@dataclass(frozen=True)
+class StaticTarget:
+    url: URL
+
+
+@dataclass(frozen=True)
+class DynamicTarget:
+    """A target URL taken per request from a header, checked against allow-lists."""
+
+    from_header: str
+    allow_hosts: tuple[str, ...]
+    host_pattern: re.Pattern[str]
+    allow_networks: tuple[Network, ...]
+
+
+Target = StaticTarget | DynamicTarget
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    path_prefix: str
+    methods: frozenset[str] | None
+    target: Target
+    mode: Mode
+    timeout_ms: float
+    headers: HeadersConfig
+    signing: SigningConfig | None
+    fallback: FallbackConfig | None
+    rate_limit: RateLimitConfig | None
+    max_concurrent: int | None
+    breaker: BreakerConfig
+    retry: RetryConfig
+    pass_errors: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Address
+    admin: AdminConfig
+    queue: QueueConfig
+    max_body_bytes: int
+    log_level: str
+    routes: tuple[RouteConfig, ...]
+    source: Path | None = None

@@ -1,0 +1,99 @@
+"""The lifecycle: build both apps, bind both listeners, run until a signal, drain, stop.
+
+Everything long-lived (client sessions, the runtime; later the queue and its workers)
+is started and stopped in one place: the data app's `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from hookshield import logs
+from hookshield.admin import build_admin_app
+from hookshield.config.models import Address, Config
+from hookshield.proxy import handle
+from hookshield.runtime import STATE, State
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    runtime = state.install(state.config)
+    logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
+    yield
+    state.runtime = None
+    await state.upstream.close()
+
+
+def build_apps(config: Config) -> tuple[web.Application, web.Application]:
+    """The data plane and admin plane apps, sharing one `State`."""
+    state = State(config)
+    data = web.Application(client_max_size=config.max_body_bytes + 1)
+    data[STATE] = state
+    data.router.add_route("*", "/{tail:.*}", handle)
+    data.cleanup_ctx.append(_runtime_ctx)
+    return data, build_admin_app(state)
+
+
+async def _bind(runner: web.AppRunner, address: Address, plane: str) -> web.TCPSite:
+    site = web.TCPSite(runner, address.host, address.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen on {address.host}:{address.port} ({plane}): {exc.strerror}"
+        ) from exc
+    return site
+
+
+class BindError(Exception):
+    pass
+
+
+async def serve(config: Config, grace_s: float = 30.0) -> int:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for up to `grace_s`."""
+    data, admin = build_apps(config)
+    runners = [
+        web.AppRunner(data, access_log=None, handle_signals=False, shutdown_timeout=grace_s),
+        web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1.0),
+    ]
+    for runner in runners:
+        await runner.setup()
+    try:
+        await _bind(runners[0], config.listen, "data plane")
+        await _bind(runners[1], config.admin, "admin plane")
+    except BindError as exc:
+        logs.event("startup_failed", logging.ERROR, error=str(exc))
+        await _cleanup(runners)
+        return EXIT_USAGE
+    logs.event("started", listen=_where(config.listen), admin=_where(config.admin))
+    await _wait_for_signal()
+    logs.event("stopping", grace_s=grace_s)
+    await _cleanup(runners)
+    logs.event("stopped")
+    return EXIT_OK
+
+
+def _where(address: Address) -> str:
+    return f"{address.host}:{address.port}"
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+async def _cleanup(runners: list[web.AppRunner]) -> None:
+    for runner in reversed(runners):
+        await runner.cleanup()

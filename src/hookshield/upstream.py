@@ -1,0 +1,97 @@
+"""Sending one request to a target under a hard deadline (SPEC §4).
+
+`Upstream` owns the HTTP client sessions: one shared, keep-alive pooled session for static
+targets, and one per `allow_networks` set for dynamic targets whose sockets pass through
+`netguard`. The deadline covers connect, send and the whole response body; on expiry
+the request is cancelled and its connection dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from hookshield.config.models import Network
+from hookshield.errors import Timeout, UpstreamUnreachable
+from hookshield.netguard import guarded_socket_factory
+
+# The platform's own headers are forwarded as they are; the client adds none of its own.
+_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bodies pass through byte for byte, Content-Encoding kept
+        cookie_jar=aiohttp.DummyCookieJar(),  # one target's cookies never reach another
+        timeout=aiohttp.ClientTimeout(total=None),  # the deadline is ours, see `send`
+        skip_auto_headers=_SKIP_AUTO,
+    )
+
+
+class Upstream:
+    """The client sessions; started and closed by the app lifecycle, shared across reloads."""
+
+    def __init__(self, pool_size: int = 0, keepalive_s: float = 30.0) -> None:
+        self._pool_size, self._keepalive_s = pool_size, keepalive_s
+        self._shared: aiohttp.ClientSession | None = None
+        self._guarded: dict[tuple[Network, ...], aiohttp.ClientSession] = {}
+
+    def _connector(self, allow: tuple[Network, ...] | None) -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(
+            limit=self._pool_size,
+            keepalive_timeout=self._keepalive_s,
+            socket_factory=None if allow is None else guarded_socket_factory(allow),
+        )
+
+    def shared(self) -> aiohttp.ClientSession:
+        if self._shared is None:
+            self._shared = _session(self._connector(None))
+        return self._shared
+
+    def guarded(self, allow: tuple[Network, ...]) -> aiohttp.ClientSession:
+        session = self._guarded.get(allow)
+        if session is None:
+            session = self._guarded[allow] = _session(self._connector(allow))
+        return session
+
+    async def close(self) -> None:
+        sessions = [*self._guarded.values(), *([self._shared] if self._shared else [])]
+        self._shared, self._guarded = None, {}
+        await asyncio.gather(*(s.close() for s in sessions))
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: CIMultiDict[str],
+    body: bytes,
+    timeout_s: float,
+) -> UpstreamResponse:
+    """One request, redirects not followed; raises `Timeout` or `UpstreamUnreachable`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as response:
+                data = await response.read()
+                return UpstreamResponse(response.status, response.headers, data)
+    except TimeoutError as exc:
+        raise Timeout(f"the target did not answer within {timeout_s * 1000:.0f} ms") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
