@@ -3,8 +3,9 @@
 The check runs in the connector's `socket_factory`, i.e. on the address the socket is
 about to connect to, after DNS. A name that resolves (or re-resolves) to a private
 address is refused there, as is any IP literal. Python's `ipaddress` flags miss the
-IPv4-mapped, NAT64 and 6to4 forms, so this module keeps an explicit deny table and
-checks the IPv4 address embedded in those forms as well.
+IPv4-mapped, NAT64 and 6to4 forms, so this module keeps an explicit deny table: the
+NAT64 and (deprecated) 6to4 ranges are denied whole, and an IPv4-mapped address is judged
+by the IPv4 address inside it. `allow_networks` is matched against both forms.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hookshield.config.models import Network
-from hookshield.errors import TargetForbidden
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -74,6 +74,15 @@ def legacy_ipv4(host: str) -> str | None:
 SocketFactory = Callable[[Any], socket.socket]
 
 
+class ForbiddenAddress(OSError):
+    """Raised instead of opening a socket. An OSError with one fixed message, so that the
+    connector tries the name's other addresses, and re-raises this very error when all
+    of them are forbidden."""
+
+    def __init__(self) -> None:
+        super().__init__("the target resolves to an address that is not allowed")
+
+
 def guarded_socket_factory(allow: tuple[Network, ...]) -> SocketFactory:
     """A connector `socket_factory` that refuses to open sockets to denied addresses."""
 
@@ -81,7 +90,7 @@ def guarded_socket_factory(allow: tuple[Network, ...]) -> SocketFactory:
         family, type_, proto, _, sockaddr = addr_info
         address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
         if not is_allowed(address, allow):
-            raise TargetForbidden(f"target address {address} is not allowed")
+            raise ForbiddenAddress()
         return socket.socket(family=family, type=type_, proto=proto)
 
     return factory

@@ -15,8 +15,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hookshield.config.models import Network
-from hookshield.errors import Timeout, UpstreamUnreachable
-from hookshield.netguard import guarded_socket_factory
+from hookshield.errors import TargetForbidden, Timeout, UpstreamUnreachable
+from hookshield.netguard import ForbiddenAddress, guarded_socket_factory
 
 # The platform's own headers are forwarded as they are; the client adds none of its own.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
@@ -89,6 +89,10 @@ async def send(
                 return UpstreamResponse(response.status, response.headers, data)
     except TimeoutError as exc:
         raise Timeout(f"the target did not answer within {timeout_s * 1000:.0f} ms") from exc
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, ForbiddenAddress):
+            raise TargetForbidden(str(exc.os_error)) from exc
+        raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
 
