@@ -1,0 +1,131 @@
+"""`python -m bench`: direct calls vs calls through hookshield, side by side in one run.
+
+Starts a local target and hookshield (a sync route with header injection, HMAC signing
+and INFO request logs) as separate processes, then alternates closed-loop rounds against
+the target directly and through hookshield. Prints medians over the rounds and ratios;
+absolute numbers depend on the machine, the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvloop
+import yaml
+
+from bench.load import Result, run
+from bench.procs import free_port, pin_self, pinned, wait_http
+
+
+def _config(target_port: int, listen: int, admin: int, secret_file: Path) -> dict[str, object]:
+    return {
+        "listen": {"port": listen},
+        "admin": {"port": admin},
+        "log": {"level": "INFO"},
+        "secrets": {"bench": {"file": str(secret_file)}},
+        "routes": [
+            {
+                "name": "bench",
+                "match": {"path_prefix": "/hook", "methods": ["POST"]},
+                "target": f"http://127.0.0.1:{target_port}/api/hook",
+                "timeout_ms": 5000,
+                "headers": {
+                    "add": {"X-Platform-Id": "bench", "X-Env": "local"},
+                    "remove": ["Cookie"],
+                },
+                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
+            }
+        ],
+    }
+
+
+def _quiet(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def processes(workdir: Path) -> Iterator[tuple[str, str]]:
+    """Start the target and hookshield; yield (direct URL, proxied URL)."""
+    target, listen, admin = free_port(), free_port(), free_port()
+    secret = workdir / "bench.secret"
+    secret.write_text("bench-secret")
+    config = workdir / "bench.yaml"
+    config.write_text(yaml.safe_dump(_config(target, listen, admin, secret)))
+    started = [
+        _quiet(pinned(1, [sys.executable, "-m", "bench.target", str(target)])),
+        _quiet(pinned(0, [sys.executable, "-m", "hookshield", "run", "--config", str(config)])),
+    ]
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        wait_http(f"http://127.0.0.1:{target}/")
+        yield f"http://127.0.0.1:{target}/api/hook", f"http://127.0.0.1:{listen}/hook"
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+async def rounds(direct: str, proxied: str, args: argparse.Namespace) -> dict[str, list[Result]]:
+    results: dict[str, list[Result]] = {"direct": [], "hookshield": []}
+    for url in (direct, proxied):  # warm both paths
+        await run(url, min(1000, args.requests), args.concurrency)
+    for _ in range(args.rounds):
+        results["direct"].append(await run(direct, args.requests, args.concurrency))
+        results["hookshield"].append(await run(proxied, args.requests, args.concurrency))
+    return results
+
+
+def report(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    med = {name: _median(rs) for name, rs in results.items()}
+    d, h = med["direct"], med["hookshield"]
+    print(
+        f"closed loop: {args.requests} POSTs x {args.rounds} rounds, {args.concurrency} connections, ~1 KB JSON body"
+    )
+    print(
+        f"{'path':<12}{'req/s (median)':>16}{'min-max':>20}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    )
+    for name, rs in results.items():
+        tps = [r.throughput for r in rs]
+        m = med[name]
+        spread = f"{min(tps):,.0f}-{max(tps):,.0f}"
+        print(
+            f"{name:<12}{m.throughput:>16,.0f}{spread:>20}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{sum(r.errors for r in rs):>8}"
+        )
+    print(f"throughput ratio hookshield/direct: {h.throughput / d.throughput:.2f}")
+    print(f"added latency: p50 {h.p50_ms - d.p50_ms:+.2f} ms, p99 {h.p99_ms - d.p99_ms:+.2f} ms")
+
+
+def _median(results: list[Result]) -> Result:
+    return Result(
+        throughput=statistics.median(r.throughput for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--requests", type=int, default=5000, help="requests per round")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 500 requests, 1 round")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.rounds = 500, 1
+    with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as (direct, proxied):
+        pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
+        results = uvloop.run(rounds(direct, proxied, args))
+    report(results, args)
+    return 1 if any(r.errors for rs in results.values() for r in rs) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""A closed-loop load generator: `concurrency` clients send `requests` POSTs in total."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+PAYLOAD = (
+    b'{"event":"draw.completed","draw":"d-1","entries":'
+    + b"["
+    + b",".join(b'{"user":"u%d","tickets":%d}' % (i, i % 7) for i in range(40))
+    + b"]}"
+)  # about 1 KB of JSON
+
+
+@dataclass(frozen=True)
+class Result:
+    throughput: float  # requests per second
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(url: str, requests: int, concurrency: int) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=PAYLOAD) as resp:
+                    await resp.read()
+                    errors += resp.status != 200
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return Result(
+        throughput=len(latencies) / elapsed,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        errors=errors,
+    )
