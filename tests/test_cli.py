@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.conftest import Target
+from tests.conftest import Target, free_port
 
 CANARY = "canary-secret-7f3a9c"
 
@@ -24,12 +24,6 @@ def hookshield(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         [sys.executable, "-m", "hookshield", *args],
         capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from tests.conftest import Target
+from tests.conftest import Target, free_port
 
 
 def route(target_url: str, **extra: Any) -> dict[str, Any]:
@@ -129,12 +128,6 @@ async def test_bad_platform_timeout_header_is_bad_request(proxy: Any, target: An
         assert resp.status == 400
         assert (await resp.json())["code"] == "BAD_REQUEST"
     assert app.seen == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_closed_port_is_upstream_unreachable(proxy: Any) -> None:
