@@ -1,5 +1,8 @@
 """The data plane handler: one platform request -> one target call -> one answer.
 
+In order: route, read the body, rate limit, bulkhead, breaker, call the target (once more
+on a connect error / 502 / 503 / 504 when the route allows a sync retry and the deadline
+leaves time), classify the answer, and on failure the route's fallback or a SPEC error.
 Every answer carries `X-Hookshield-Outcome` (SPEC §4) and produces one `request` log line.
 """
 
@@ -7,25 +10,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from hookshield import logs
+from hookshield import logs, outcomes
+from hookshield.breaker import Breaker
 from hookshield.errors import (
     OUTCOME_HEADER,
     BadRequest,
+    CircuitOpen,
+    Overloaded,
     PayloadTooLarge,
     ProxyError,
     QueueUnavailable,
+    RateLimited,
     UpstreamError,
+    UpstreamUnreachable,
 )
+from hookshield.fallback import cache_key
 from hookshield.headers import returned
 from hookshield.runtime import STATE, RoutePlan
-from hookshield.upstream import send
+from hookshield.upstream import UpstreamResponse, send
 
 _READ_CHUNK = 64 * 1024
+_SYNC_RETRY_STATUSES = frozenset({502, 503, 504})
+_SYNC_RETRY_JITTER_S = (0.025, 0.25)
+_SYNC_RETRY_MIN_LEFT_S = 0.05  # a retry must still have this long after its jitter
+
+
+@dataclass(slots=True)
+class Call:
+    """One platform request on its way through a route."""
+
+    request: web.Request
+    body: bytes
+    remainder: str
+    query: str
+    request_id: str
+    deadline: float  # loop time by which the platform gets its answer
+
+    def remaining_s(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    @property
+    def retry_safe(self) -> bool:
+        """The platform marked the call as safe to repeat (idempotency key or request id)."""
+        headers = self.request.headers
+        return "Idempotency-Key" in headers or "X-Request-ID" in headers
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -33,46 +68,135 @@ async def handle(request: web.Request) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-ID") or str(uuid.uuid4())
     runtime = request.app[STATE].runtime
     assert runtime is not None, "the data plane serves only after startup installed a runtime"
-    route = "-"
+    plan: RoutePlan | None = None
     try:
         path, _, query = request.raw_path.partition("?")
         plan, remainder = runtime.router.match(path, request.method)
-        route = plan.config.name
         body = await read_body(request, runtime.config.max_body_bytes)
-        response = await forward(plan, request, body, remainder, query, request_id, started)
+        call = Call(
+            request, body, remainder, query, request_id, started + deadline_s(plan, request)
+        )
+        response = await serve(plan, call)
     except ProxyError as exc:
         response = exc.to_response(request_id)
-    _log(request, route, response, request_id, started)
+    if plan is not None and plan.bucket is not None:
+        response.headers.update(plan.bucket.headers())
+    _log(request, plan, response, request_id, started)
     return response
 
 
-async def forward(
-    plan: RoutePlan,
-    request: web.Request,
-    body: bytes,
-    remainder: str,
-    query: str,
-    request_id: str,
-    started: float,
-) -> web.Response:
+async def serve(plan: RoutePlan, call: Call) -> web.Response:
+    """The target's answer, or the route's fallback for a failure that has one."""
+    try:
+        return await limited(plan, call)
+    except ProxyError as exc:
+        answer = _fallback(plan, call, exc)
+        if answer is None:
+            raise
+        return answer
+
+
+def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> web.Response | None:
+    if plan.fallback is None or error.fallback_reason is None:
+        return None
+    key = cache_key(call.request.method, call.request.raw_path, call.body)
+    return plan.fallback.answer(error.fallback_reason, key)
+
+
+async def limited(plan: RoutePlan, call: Call) -> web.Response:
+    """Apply the rate limit and the bulkhead, then forward."""
     if plan.config.mode == "async":
         raise QueueUnavailable("async delivery is not available in this version of hookshield")
-    budget_s = deadline_s(plan, request)
-    header_value = request.headers.get(plan.resolver.header) if plan.resolver.header else None
-    url, _origin = plan.resolver.url(remainder, query, header_value)
-    remaining_s = budget_s - (asyncio.get_running_loop().time() - started)
-    extra = [("X-Request-ID", request_id), ("X-Timeout-Ms", str(max(1, int(remaining_s * 1000))))]
-    if plan.signer is not None:
-        extra += plan.signer.sign(body, request_id, int(time.time()))
-    headers = plan.headers.outbound(request.headers, extra)
-    answer = await send(plan.session, request.method, url, headers, body, remaining_s)
+    if plan.bucket is not None and not plan.bucket.take():
+        raise RateLimited(
+            "the route's rate limit is reached", retry_after_s=plan.bucket.retry_after_s()
+        )
+    if plan.bulkhead is None:
+        return await forward(plan, call)
+    if not plan.bulkhead.enter():
+        raise Overloaded(f"the route already has {plan.bulkhead.limit} calls in flight")
+    try:
+        return await forward(plan, call)
+    finally:
+        plan.bulkhead.leave()
+
+
+async def forward(plan: RoutePlan, call: Call) -> web.Response:
+    header = plan.resolver.header
+    header_value = call.request.headers.get(header) if header else None
+    url, origin = plan.resolver.url(call.remainder, call.query, header_value)
+    answer = await attempts(plan, call, url, plan.breakers.get(origin))
     if answer.status >= 500 and not plan.config.pass_errors:
         raise UpstreamError(f"the target answered {answer.status}")
-    response = web.Response(
-        status=answer.status, headers=returned(answer.headers), body=answer.body
-    )
+    headers = returned(answer.headers)
+    if plan.fallback is not None:
+        key = cache_key(call.request.method, call.request.raw_path, call.body)
+        plan.fallback.remember(key, answer.status, headers, answer.body)
+    response = web.Response(status=answer.status, headers=headers, body=answer.body)
     response.headers[OUTCOME_HEADER] = "upstream"
     return response
+
+
+async def attempts(plan: RoutePlan, call: Call, url: str, breaker: Breaker) -> UpstreamResponse:
+    """One attempt, and more while `retry.sync_attempts` and the deadline allow."""
+    attempt = 1
+    while True:
+        try:
+            answer = await attempt_once(plan, call, url, breaker)
+        except UpstreamUnreachable:
+            if not await _retry_pause(plan, call, attempt):
+                raise
+        else:
+            if answer.status not in _SYNC_RETRY_STATUSES or not await _retry_pause(
+                plan, call, attempt
+            ):
+                return answer
+        attempt += 1
+
+
+async def _retry_pause(plan: RoutePlan, call: Call, attempt: int) -> bool:
+    """Sleep a jittered pause and answer True when another attempt is allowed."""
+    if attempt >= plan.config.retry.sync_attempts or not call.retry_safe:
+        return False
+    pause = random.uniform(*_SYNC_RETRY_JITTER_S)
+    if call.remaining_s() - pause < _SYNC_RETRY_MIN_LEFT_S:
+        return False
+    await asyncio.sleep(pause)
+    return True
+
+
+async def attempt_once(plan: RoutePlan, call: Call, url: str, breaker: Breaker) -> UpstreamResponse:
+    """One call to the target under its breaker, its result recorded there."""
+    ticket = breaker.acquire()
+    if ticket is None:
+        raise CircuitOpen("the target's circuit is open", retry_after_s=breaker.retry_after_s())
+    try:
+        answer = await _send(plan, call, url)
+    except ProxyError as exc:
+        kind = outcomes.of_error(exc)
+        if kind is None:
+            breaker.release(ticket)
+        else:
+            breaker.record(ticket, outcomes.trips_breaker(kind))
+        raise
+    except BaseException:
+        breaker.release(ticket)  # cancelled: the platform went away, no verdict
+        raise
+    kind = outcomes.of_status(answer.status)
+    breaker.record(ticket, outcomes.trips_breaker(kind, plan.config.breaker.trip_on_429))
+    return answer
+
+
+async def _send(plan: RoutePlan, call: Call, url: str) -> UpstreamResponse:
+    remaining_s = call.remaining_s()
+    extra = [
+        ("X-Request-ID", call.request_id),
+        ("X-Timeout-Ms", str(max(1, int(remaining_s * 1000)))),
+    ]
+    if plan.signer is not None:
+        extra += plan.signer.sign(call.body, call.request_id, int(time.time()))
+    headers = plan.headers.outbound(call.request.headers, extra)
+    return await send(plan.session, call.request.method, url, headers, call.body, remaining_s)
 
 
 def deadline_s(plan: RoutePlan, request: web.Request) -> float:
@@ -104,12 +228,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def _log(
-    request: web.Request, route: str, response: web.StreamResponse, request_id: str, started: float
+    request: web.Request,
+    plan: RoutePlan | None,
+    response: web.StreamResponse,
+    request_id: str,
+    started: float,
 ) -> None:
     logs.event(
         "request",
         logging.INFO,
-        route=route,
+        route=plan.config.name if plan else "-",
         method=request.method,
         path=request.path,
         status=response.status,

@@ -1,22 +1,31 @@
 """A `Runtime`: everything the hot path needs, built once from a `Config`.
 
-Each route becomes a `RoutePlan` with its target resolver, header policy, signer and
-client session ready. A reload builds a whole new `Runtime` and swaps the one reference
-held by `State`; a request keeps the runtime it started with.
+Each route becomes a `RoutePlan` with its target resolver, header policy, signer, client
+session, breakers, limits and fallback ready. A reload builds a whole new `Runtime` and
+swaps the one reference held by `State`; a request keeps the runtime it started with.
+A runtime's background tasks (health checks) are started and stopped with it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+from hookshield import logs
+from hookshield.breaker import Breakers, CircuitState, TransitionListener
 from hookshield.config.models import Config, DynamicTarget, RouteConfig
+from hookshield.fallback import Fallback
 from hookshield.headers import HeaderPolicy
+from hookshield.health import HealthCheck
+from hookshield.limits import Bulkhead, TokenBucket
 from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
-from hookshield.targets import Resolver, resolver_for
+from hookshield.targets import Resolver, StaticResolver, resolver_for
 from hookshield.upstream import Upstream
 
 
@@ -28,6 +37,10 @@ class RoutePlan:
     signer: Signer | None
     session: aiohttp.ClientSession
     timeout_s: float
+    breakers: Breakers
+    bucket: TokenBucket | None
+    bulkhead: Bulkhead | None
+    fallback: Fallback | None
 
     @property
     def path_prefix(self) -> str:
@@ -36,6 +49,14 @@ class RoutePlan:
     @property
     def methods(self) -> frozenset[str] | None:
         return self.config.methods
+
+
+def _log_transition(route: str) -> TransitionListener:
+    def log(origin: str, old: CircuitState, new: CircuitState) -> None:
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        logs.event("circuit", level, route=route, target=origin, old=old.name, new=new.name)
+
+    return log
 
 
 def build_plan(route: RouteConfig, upstream: Upstream) -> RoutePlan:
@@ -52,19 +73,48 @@ def build_plan(route: RouteConfig, upstream: Upstream) -> RoutePlan:
         signer=build_signer(route.signing) if route.signing else None,
         session=session,
         timeout_s=route.timeout_ms / 1000.0,
+        breakers=Breakers(route.breaker, _log_transition(route.name)),
+        bucket=TokenBucket(route.rate_limit) if route.rate_limit else None,
+        bulkhead=Bulkhead(route.max_concurrent) if route.max_concurrent else None,
+        fallback=Fallback(route.fallback) if route.fallback else None,
     )
 
 
-@dataclass(frozen=True, slots=True)
+def _health_check(plan: RoutePlan) -> HealthCheck | None:
+    config, resolver = plan.config.health_check, plan.resolver
+    if config is None or not isinstance(resolver, StaticResolver):
+        return None
+    breaker = plan.breakers.get(resolver.origin)
+    url = resolver.origin + config.path
+    return HealthCheck(plan.config.name, url, config, plan.session, breaker)
+
+
+@dataclass(slots=True)
 class Runtime:
     generation: int
     config: Config
     router: Router[RoutePlan]
+    plans: tuple[RoutePlan, ...]
+    health_checks: tuple[HealthCheck, ...]
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start this runtime's background tasks (health checks)."""
+        self._tasks = [asyncio.create_task(check.run()) for check in self.health_checks]
+
+    async def stop(self, deadline_s: float = 5.0) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def build_runtime(config: Config, upstream: Upstream, generation: int) -> Runtime:
-    plans = [build_plan(route, upstream) for route in config.routes]
-    return Runtime(generation=generation, config=config, router=Router(plans))
+    plans = tuple(build_plan(route, upstream) for route in config.routes)
+    checks = tuple(c for c in (_health_check(p) for p in plans) if c is not None)
+    return Runtime(generation, config, Router(plans), plans, checks)
 
 
 class State:
@@ -76,10 +126,12 @@ class State:
         self.runtime: Runtime | None = None
 
     def install(self, config: Config) -> Runtime:
+        """Build a runtime for `config`, start it and make it current."""
         generation = self.runtime.generation + 1 if self.runtime else 1
-        self.runtime = build_runtime(config, self.upstream, generation)
-        self.config = config
-        return self.runtime
+        runtime = build_runtime(config, self.upstream, generation)
+        runtime.start()
+        self.runtime, self.config = runtime, config
+        return runtime
 
 
 STATE = web.AppKey("hookshield.state", State)

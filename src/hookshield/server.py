@@ -27,6 +27,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = state.install(state.config)
     logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
     yield
+    await runtime.stop()
     state.runtime = None
     await state.upstream.close()
 

@@ -51,6 +51,11 @@ class BreakerConfig:
     recovery_timeout_s: float = 60.0
     success_threshold: int = 3
     half_open_max_calls: int = 1
+    max_recovery_timeout_s: float = 600.0
+    failure_rate: float = 0.0  # 0 = rate mode off; else open at this failure share...
+    window_s: float = 60.0  # ...over this rolling window...
+    min_requests: int = 20  # ...once it holds at least this many calls
+    trip_on_429: bool = True  # a 429 from the target counts as a failure
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,16 @@ class RetryConfig:
     max_delay_ms: float = 30000.0
     jitter: bool = True
     schedule_s: tuple[float, ...] = ()
+    sync_attempts: int = 1  # sync routes: 2 = one retry of a connect error / 502 / 503 / 504
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    path: str
+    interval_s: float = 10.0
+    timeout_ms: float = 2000.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,7 @@ class RouteConfig:
     breaker: BreakerConfig
     retry: RetryConfig
     pass_errors: bool
+    health_check: HealthCheckConfig | None
 
 
 @dataclass(frozen=True)

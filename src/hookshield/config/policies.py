@@ -19,6 +19,7 @@ from hookshield.config.models import (
     BreakerConfig,
     FallbackConfig,
     HeadersConfig,
+    HealthCheckConfig,
     Mode,
     RateLimitConfig,
     RetryConfig,
@@ -30,7 +31,7 @@ from hookshield.config.reader import Section, parse_duration
 
 POLICY_KEYS = (
     "mode", "timeout_ms", "headers", "signing", "fallback", "rate_limit",
-    "max_concurrent", "breaker", "retry", "pass_errors",
+    "max_concurrent", "breaker", "retry", "pass_errors", "health_check",
 )  # fmt: skip
 DEFAULT_SIGNATURE_HEADERS: dict[str, str] = {
     "hmac-sha256": "X-Platform-Signature",
@@ -51,6 +52,7 @@ class Policies:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     pass_errors: bool = False
+    health_check: HealthCheckConfig | None = None
 
 
 def parse_policies(section: Section, base: Policies, secrets: dict[str, Secret]) -> Policies:
@@ -73,9 +75,12 @@ def parse_policies(section: Section, base: Policies, secrets: dict[str, Secret])
         max_concurrent=s.integer("max_concurrent", 1)
         if s.has("max_concurrent")
         else base.max_concurrent,
-        breaker=_numbers(s.section("breaker", _names(BreakerConfig)), base.breaker),
+        breaker=_breaker(s.section("breaker", _names(BreakerConfig)), base.breaker),
         retry=_retry(s.section("retry", (*_names(RetryConfig), "schedule")), base.retry),
         pass_errors=s.boolean("pass_errors", base.pass_errors),
+        health_check=_health_check(s.section("health_check", (*_names(HealthCheckConfig),)))
+        if s.has("health_check")
+        else base.health_check,
     )
 
 
@@ -94,20 +99,38 @@ def _mode(section: Section, default: Mode) -> Mode:
 _Numeric = Any  # BreakerConfig | RetryConfig: frozen dataclasses of int/float/bool fields
 
 
-def _numbers(section: Section, base: _Numeric) -> _Numeric:
-    """Read each int/float/bool field of `base`'s dataclass, inheriting what is absent."""
+def _numbers(section: Section, base: _Numeric, zero_ok: tuple[str, ...] = ()) -> _Numeric:
+    """Read each int/float/bool field of `base`'s dataclass, inheriting what is absent.
+
+    Numbers must be > 0 (ints >= 1), except the fields in `zero_ok`, which may be 0.
+    """
     changes: dict[str, object] = {}
     for f in fields(base):
         current = getattr(base, f.name)
-        if f.name not in section.raw or f.name == "schedule_s":
+        if f.name not in section.raw or not isinstance(current, int | float):
             continue
         if isinstance(current, bool):
             changes[f.name] = section.boolean(f.name, current)
         elif isinstance(current, int):
             changes[f.name] = section.integer(f.name, current)
         else:
-            changes[f.name] = section.number(f.name, current)
+            changes[f.name] = section.number(f.name, current, above=f.name not in zero_ok)
     return replace(base, **changes)
+
+
+def _breaker(section: Section, base: BreakerConfig) -> BreakerConfig:
+    breaker: BreakerConfig = _numbers(section, base, zero_ok=("failure_rate",))
+    if breaker.failure_rate > 1:
+        section.fail("failure_rate", "must be a share between 0 and 1")
+        breaker = replace(breaker, failure_rate=base.failure_rate)
+    return breaker
+
+
+def _health_check(section: Section) -> HealthCheckConfig | None:
+    path = section.required_string("path")
+    if path and not path.startswith("/"):
+        section.fail("path", "must start with '/'")
+    return _numbers(section, HealthCheckConfig(path=path)) if path else None
 
 
 def _retry(section: Section, base: RetryConfig) -> RetryConfig:

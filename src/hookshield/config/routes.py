@@ -35,6 +35,8 @@ def parse_route(
     if prefix and not prefix.startswith("/"):
         match.fail("path_prefix", "must start with '/'")
     policies = parse_policies(section, defaults, secrets)
+    if policies.health_check and isinstance(section.raw.get("target"), dict):
+        section.problems.add(section.at("health_check"), "needs a static target (a URL)")
     return RouteConfig(
         name=name,
         path_prefix=prefix.rstrip("/") or "/",
@@ -50,6 +52,7 @@ def parse_route(
         breaker=policies.breaker,
         retry=policies.retry,
         pass_errors=policies.pass_errors,
+        health_check=policies.health_check,
     )
 
 
