@@ -1,0 +1,189 @@
+"""One contract for every queue store: SQLite, Redis standalone and a 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from hookshield.queue.base import Delivery, DeliveryStore
+from hookshield.queue.redis import RedisStore
+from hookshield.queue.sqlite import SqliteStore
+from tests.redis_servers import RedisCluster, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "cluster"])
+async def store(request: Any, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
+    opened: DeliveryStore
+    if request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "queue.db")
+    elif request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_standalone")
+        redis.Redis(port=server.port).flushall()
+        opened = RedisStore(server.url)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        opened = RedisStore(cluster.url)
+    yield opened
+    await opened.close()
+
+
+def delivery(route: str = "analytics", body: bytes = b'{"n":1}\x00\xff', **extra: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4().hex, "route": route, "url": "http://t.example/hook?a=1",
+        "origin": "http://t.example", "method": "POST",
+        "headers": (("Content-Type", "application/json"), ("X-A", "1"), ("X-A", "2")),
+        "body": body, "request_id": "req-" + uuid.uuid4().hex[:8], "created_at": time.time(),
+    }  # fmt: skip
+    fields.update(extra)
+    return Delivery(**fields)
+
+
+async def test_enqueue_then_lease_returns_the_exact_delivery(store: DeliveryStore) -> None:
+    """What is leased is what was stored: body bytes, repeated headers, ids, url."""
+    original = delivery()
+    assert await store.enqueue(original, None, time.time()) == (original.id, False)
+    [leased] = await store.lease(time.time(), 10, 30)
+    assert leased == original
+    assert leased.lease
+
+
+async def test_not_due_is_not_leased(store: DeliveryStore) -> None:
+    """A delivery due later is not handed out before its time."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now + 60)
+    assert await store.lease(now, 10, 30) == []
+    assert len(await store.lease(now + 61, 10, 30)) == 1
+
+
+async def test_lease_is_exclusive_until_it_expires(store: DeliveryStore) -> None:
+    """Leased deliveries are not handed out again until the lease deadline passes."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [first] = await store.lease(now, 10, 30)
+    assert await store.lease(now + 29, 10, 30) == []
+    [again] = await store.lease(now + 31, 10, 30)
+    assert (again.id, again.lease != first.lease) == (first.id, True)
+    assert not await store.complete(first)  # the old holder lost it
+    assert await store.complete(again)
+
+
+async def test_concurrent_leases_never_share_a_delivery(store: DeliveryStore) -> None:
+    """Ten leasers at once over 50 deliveries: each delivery goes to exactly one."""
+    now = time.time()
+    for _ in range(50):
+        await store.enqueue(delivery(), None, now)
+    batches = await asyncio.gather(*(store.lease(now, 7, 30) for _ in range(10)))
+    ids = [d.id for batch in batches for d in batch]
+    assert len(ids) == len(set(ids)) == 50
+
+
+async def test_complete_removes(store: DeliveryStore) -> None:
+    """A completed delivery is gone from the queue and its depth."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [leased] = await store.lease(now, 10, 30)
+    assert await store.complete(leased)
+    assert await store.lease(now + 100, 10, 30) == []
+    assert (await store.sizes()).get("analytics", (0, 0)) == (0, 0)
+
+
+async def test_reschedule_keeps_attempts_and_result(store: DeliveryStore) -> None:
+    """Rescheduled deliveries come back at their new time with attempts and last result."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [leased] = await store.lease(now, 10, 30)
+    failed = leased.after(attempts=1, last_status=503, last_error="unavailable")
+    assert await store.reschedule(failed, now + 5)
+    assert await store.lease(now + 4, 10, 30) == []
+    [back] = await store.lease(now + 5, 10, 30)
+    assert (back.attempts, back.last_status, back.last_error) == (1, 503, "unavailable")
+
+
+async def test_bury_list_show_replay_delete(store: DeliveryStore) -> None:
+    """Dead letters: listed newest first with a route filter, shown, replayed, deleted."""
+    now = time.time()
+    first, second, other = delivery(), delivery(), delivery(route="quiz")
+    for d in (first, second, other):
+        await store.enqueue(d, None, now)
+    for i, leased in enumerate(
+        sorted(await store.lease(now, 10, 30), key=lambda d: d.id != first.id)
+    ):
+        dead = leased.after(attempts=3, last_status=500, reason="exhausted", failed_at=now + i)
+        assert await store.bury(dead)
+    listed = await store.dead_letters(None, 10)
+    assert len(listed) == 3
+    assert listed[-1].id == first.id  # oldest last
+    assert {d.id for d in await store.dead_letters("analytics", 10)} == {first.id, second.id}
+    assert len(await store.dead_letters(None, 2)) == 2
+    shown = await store.dead_letter(first.id)
+    assert shown is not None
+    assert (shown.body, shown.reason, shown.attempts) == (first.body, "exhausted", 3)
+    assert await store.sizes() == {"analytics": (0, 2), "quiz": (0, 1)}
+
+    assert await store.replay(first.id, now)
+    [again] = await store.lease(now, 10, 30)
+    assert (again.id, again.request_id, again.attempts, again.reason) == (
+        first.id,
+        first.request_id,
+        0,
+        None,
+    )
+    assert await store.replay_route("analytics", now) == 1
+    assert not await store.replay(first.id, now)  # not dead any more
+    assert await store.delete(other.id)
+    assert not await store.delete(other.id)
+    assert await store.dead_letters(None, 10) == []
+
+
+async def test_dedupe_key_answers_first_id_per_route(store: DeliveryStore) -> None:
+    """A repeated key on one route returns the first id and stores nothing; other routes are separate."""
+    now = time.time()
+    a, b, c = delivery(), delivery(), delivery(route="quiz")
+    assert await store.enqueue(a, "key-1", now) == (a.id, False)
+    assert await store.enqueue(b, "key-1", now) == (a.id, True)
+    assert await store.enqueue(c, "key-1", now) == (c.id, False)
+    assert await store.sizes() == {"analytics": (1, 0), "quiz": (1, 0)}
+
+
+async def test_release_makes_leases_due_at_once(store: DeliveryStore) -> None:
+    """A stopping worker's leases are due again immediately, attempts unchanged."""
+    now = time.time()
+    await store.enqueue(delivery(attempts=2), None, now)
+    leased = await store.lease(now, 10, 300)
+    await store.release(leased, now)
+    [back] = await store.lease(now, 10, 300)
+    assert back.attempts == 2
+
+
+async def test_stale_holder_cannot_bury_or_reschedule(store: DeliveryStore) -> None:
+    """After a lease expired and was taken, the old holder's results change nothing."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [old] = await store.lease(now, 10, 1)
+    [new] = await store.lease(now + 2, 10, 30)
+    assert not await store.bury(old.after(reason="x", failed_at=now))
+    assert not await store.reschedule(old, now)
+    assert await store.dead_letters(None, 10) == []
+    assert await store.complete(new)
