@@ -106,7 +106,7 @@ class RedisCluster:
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
             client = redis.Redis(port=node.port)
-            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):  # type: ignore[no-untyped-call]
                 if time.monotonic() > deadline:
                     raise TimeoutError("the test cluster did not reach cluster_state:ok")
                 time.sleep(0.05)
