@@ -1,9 +1,14 @@
-"""The `hookshield` command (SPEC §1): run, check-config."""
+"""The `hookshield` command (SPEC §1): run, check-config, dlq."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 
 from hookshield import __version__, logs
@@ -26,7 +31,65 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check = verbs.add_parser("check-config", help="validate a config file; exit 2 when invalid")
     check.add_argument("path", metavar="PATH")
+    _dlq_parser(verbs.add_parser("dlq", help="inspect, replay and delete dead-lettered deliveries"))
     return parser
+
+
+def _dlq_parser(dlq: argparse.ArgumentParser) -> None:
+    dlq.add_argument(
+        "--admin", default=os.environ.get("HOOKSHIELD_ADMIN_URL", "http://127.0.0.1:9090"),
+        help="the admin plane's URL (default $HOOKSHIELD_ADMIN_URL or http://127.0.0.1:9090)",
+    )  # fmt: skip
+    dlq.add_argument(
+        "--token-env", default="HOOKSHIELD_ADMIN_TOKEN", metavar="VAR",
+        help="the env var holding the admin token (default HOOKSHIELD_ADMIN_TOKEN)",
+    )  # fmt: skip
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="newest dead letters first")
+    listing.add_argument("--route")
+    listing.add_argument("--limit", type=int, default=100)
+    actions.add_parser("show", help="one dead letter with its stored request").add_argument("id")
+    replay = actions.add_parser("replay", help="deliver again: one id, or every one of --route")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?")
+    target.add_argument("--route")
+    actions.add_parser("delete", help="drop one dead letter").add_argument("id")
+
+
+def _dlq_request(args: argparse.Namespace) -> tuple[str, str]:
+    quote = urllib.parse.quote
+    if args.action == "list":
+        query = urllib.parse.urlencode(
+            {k: v for k, v in (("route", args.route), ("limit", args.limit)) if v}
+        )
+        return "GET", f"/admin/dlq?{query}"
+    if args.action == "show":
+        return "GET", f"/admin/dlq/{quote(args.id)}"
+    if args.action == "delete":
+        return "DELETE", f"/admin/dlq/{quote(args.id)}"
+    if args.route:
+        return "POST", f"/admin/dlq/replay?route={quote(args.route)}"
+    return "POST", f"/admin/dlq/{quote(args.id)}/replay"
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    method, path = _dlq_request(args)
+    request = urllib.request.Request(args.admin.rstrip("/") + path, method=method)
+    token = os.environ.get(args.token_env)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(json.dumps(json.load(response), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(
+            f"hookshield: cannot reach the admin API at {args.admin}: {exc.reason}", file=sys.stderr
+        )
+        return 1
 
 
 def _load(path: str) -> Config | None:
@@ -63,4 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.verb == "check-config":
         return _check(args.path)
+    if args.verb == "dlq":
+        return _dlq(args)
     return _run(args.config, args.grace)

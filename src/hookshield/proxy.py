@@ -33,7 +33,8 @@ from hookshield.errors import (
 )
 from hookshield.fallback import cache_key
 from hookshield.headers import returned
-from hookshield.runtime import STATE, RoutePlan
+from hookshield.queue.base import Delivery, StoreUnavailable
+from hookshield.runtime import STATE, RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
 _READ_CHUNK = 64 * 1024
@@ -52,6 +53,7 @@ class Call:
     query: str
     request_id: str
     deadline: float  # loop time by which the platform gets its answer
+    state: State
 
     def remaining_s(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -66,16 +68,16 @@ class Call:
 async def handle(request: web.Request) -> web.StreamResponse:
     started = asyncio.get_running_loop().time()
     request_id = request.headers.get("X-Request-ID") or str(uuid.uuid4())
-    runtime = request.app[STATE].runtime
+    state = request.app[STATE]
+    runtime = state.runtime
     assert runtime is not None, "the data plane serves only after startup installed a runtime"
     plan: RoutePlan | None = None
     try:
         path, _, query = request.raw_path.partition("?")
         plan, remainder = runtime.router.match(path, request.method)
         body = await read_body(request, runtime.config.max_body_bytes)
-        call = Call(
-            request, body, remainder, query, request_id, started + deadline_s(plan, request)
-        )
+        deadline = started + deadline_s(plan, request)
+        call = Call(request, body, remainder, query, request_id, deadline, state)
         response = await serve(plan, call)
     except ProxyError as exc:
         response = exc.to_response(request_id)
@@ -90,17 +92,54 @@ async def serve(plan: RoutePlan, call: Call) -> web.Response:
     try:
         return await limited(plan, call)
     except ProxyError as exc:
-        answer = _fallback(plan, call, exc)
+        answer = await _fallback(plan, call, exc)
         if answer is None:
             raise
         return answer
 
 
-def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> web.Response | None:
+async def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> web.Response | None:
+    """Cached, else static answer; with `queue: true` the call is also spooled (202 if no other)."""
     if plan.fallback is None or error.fallback_reason is None:
         return None
     key = cache_key(call.request.method, call.request.raw_path, call.body)
-    return plan.fallback.answer(error.fallback_reason, key)
+    answer = plan.fallback.answer(error.fallback_reason, key)
+    if not plan.fallback.config.queue:
+        return answer
+    queued = await enqueue(plan, call)
+    if answer is None:
+        queued.headers[OUTCOME_HEADER] = f"fallback:{error.fallback_reason}"
+        return queued
+    return answer
+
+
+async def enqueue(plan: RoutePlan, call: Call) -> web.Response:
+    """Store the call for background delivery; 202 only once the store acknowledged it."""
+    header = plan.resolver.header
+    url, origin = plan.resolver.url(
+        call.remainder, call.query, call.request.headers.get(header) if header else None
+    )
+    delivery = Delivery(
+        id=uuid.uuid4().hex, route=plan.config.name, url=url, origin=origin, method=call.request.method,
+        headers=tuple(plan.headers.outbound(call.request.headers, ()).items()), body=call.body,
+        request_id=call.request_id, created_at=time.time(),
+    )  # fmt: skip
+    dedupe = call.request.headers.get("Idempotency-Key") or call.request.headers.get("X-Request-ID")
+    if call.state.store is None:
+        raise QueueUnavailable("the queue store is not open")
+    try:
+        delivery_id, duplicate = await call.state.store.enqueue(
+            delivery, dedupe, delivery.created_at
+        )
+    except StoreUnavailable as exc:
+        raise QueueUnavailable("the queue store is unavailable; nothing was queued") from exc
+    call.state.wake_deliverer()
+    body = {"success": True, "queued": True, "id": delivery_id, "requestId": call.request_id}
+    if duplicate:
+        body["duplicate"] = True
+    response = web.json_response(body, status=202)
+    response.headers[OUTCOME_HEADER] = "duplicate" if duplicate else "queued"
+    return response
 
 
 async def limited(plan: RoutePlan, call: Call) -> web.Response:

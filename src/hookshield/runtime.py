@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,6 +24,7 @@ from hookshield.fallback import Fallback
 from hookshield.headers import HeaderPolicy
 from hookshield.health import HealthCheck
 from hookshield.limits import Bulkhead, TokenBucket
+from hookshield.queue.base import DeliveryStore
 from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
 from hookshield.targets import Resolver, StaticResolver, resolver_for
@@ -49,6 +51,12 @@ class RoutePlan:
     @property
     def methods(self) -> frozenset[str] | None:
         return self.config.methods
+
+    @property
+    def queues(self) -> bool:
+        """Calls of this route may be queued: an async route, or a sync one with `fallback.queue`."""
+        fallback = self.config.fallback
+        return self.config.mode == "async" or (fallback is not None and fallback.queue)
 
 
 def _log_transition(route: str) -> TransitionListener:
@@ -97,6 +105,12 @@ class Runtime:
     plans: tuple[RoutePlan, ...]
     health_checks: tuple[HealthCheck, ...]
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _by_name: dict[str, RoutePlan] = field(default_factory=dict)
+
+    def plan(self, route: str) -> RoutePlan | None:
+        if not self._by_name:
+            self._by_name = {p.config.name: p for p in self.plans}
+        return self._by_name.get(route)
 
     def start(self) -> None:
         """Start this runtime's background tasks (health checks)."""
@@ -118,12 +132,16 @@ def build_runtime(config: Config, upstream: Upstream, generation: int) -> Runtim
 
 
 class State:
-    """The process-wide holder: the current runtime and the shared client sessions."""
+    """The process-wide holder: the current runtime, the client sessions and the queue.
+
+    `store` and `deliverer` are set by the lifecycle (`server`) while it runs."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.upstream = Upstream()
         self.runtime: Runtime | None = None
+        self.store: DeliveryStore | None = None
+        self.wake_deliverer: Callable[[], None] = lambda: None
 
     def install(self, config: Config) -> Runtime:
         """Build a runtime for `config`, start it and make it current."""

@@ -1,7 +1,8 @@
 """The lifecycle: build both apps, bind both listeners, run until a signal, drain, stop.
 
-Everything long-lived (client sessions, the runtime; later the queue and its workers)
-is started and stopped in one place: the data app's `cleanup_ctx`.
+Everything long-lived (client sessions, the queue store, the runtime with its health
+checks, the delivery workers) is started and stopped in one place: the data app's
+`cleanup_ctx` (`_lifecycle`).
 """
 
 from __future__ import annotations
@@ -16,29 +17,43 @@ from aiohttp import web
 from hookshield import logs
 from hookshield.admin import build_admin_app
 from hookshield.config.models import Address, Config
+from hookshield.delivery import Deliverer
 from hookshield.proxy import handle
+from hookshield.queue import open_store
 from hookshield.runtime import STATE, State
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
-async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start everything long-lived in order, and stop it in reverse."""
     state = app[STATE]
+    state.store = open_store(state.config.queue)
     runtime = state.install(state.config)
     logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
+    deliverer = Deliverer(state.store, lambda: state.runtime, state.config.queue.workers)
+    deliverer.start()
+    state.wake_deliverer = deliverer.wake
     yield
-    await runtime.stop()
+    await deliverer.stop(app[GRACE])
+    if state.runtime is not None:
+        await state.runtime.stop()
     state.runtime = None
+    await state.store.close()
     await state.upstream.close()
 
 
-def build_apps(config: Config) -> tuple[web.Application, web.Application]:
+GRACE = web.AppKey("hookshield.grace_s", float)
+
+
+def build_apps(config: Config, grace_s: float = 30.0) -> tuple[web.Application, web.Application]:
     """The data plane and admin plane apps, sharing one `State`."""
     state = State(config)
     data = web.Application(client_max_size=config.max_body_bytes + 1)
     data[STATE] = state
+    data[GRACE] = grace_s
     data.router.add_route("*", "/{tail:.*}", handle)
-    data.cleanup_ctx.append(_runtime_ctx)
+    data.cleanup_ctx.append(_lifecycle)
     return data, build_admin_app(state)
 
 
@@ -59,7 +74,7 @@ class BindError(Exception):
 
 async def serve(config: Config, grace_s: float = 30.0) -> int:
     """Serve until SIGTERM or SIGINT, then drain in-flight calls for up to `grace_s`."""
-    data, admin = build_apps(config)
+    data, admin = build_apps(config, grace_s)
     runners = [
         web.AppRunner(data, access_log=None, handle_signals=False, shutdown_timeout=grace_s),
         web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1.0),

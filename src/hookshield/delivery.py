@@ -1,0 +1,223 @@
+"""Background delivery of queued calls: lease, send, then complete, retry or dead-letter.
+
+Each attempt is sent with the route's current timeout, headers and a fresh signature, the
+same `X-Request-ID` every time, `X-Retry-Attempt` (1-based) and `X-Max-Attempts`. Its
+result is classified by `outcomes`: success completes it; a retryable failure reschedules
+it by the route's `retry` (honouring `Retry-After`); anything else, or the last attempt,
+sends it to the dead-letter queue. An open breaker defers the delivery without using up an
+attempt, as does a target already at its per-target concurrency cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from multidict import CIMultiDict
+
+from hookshield import logs, outcomes
+from hookshield.config.models import RetryConfig
+from hookshield.errors import ProxyError
+from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
+from hookshield.runtime import RoutePlan, Runtime
+from hookshield.upstream import UpstreamResponse, send
+
+LEASE_MARGIN_S = 30.0
+CAP_DEFER_S = 0.2  # a delivery whose target is at its cap tries again this much later
+MAX_RETRY_AFTER_S = 24 * 3600.0
+
+
+def backoff_s(retry: RetryConfig, attempt: int, retry_after_s: float | None = None) -> float:
+    """The pause after failed attempt number `attempt` (1-based)."""
+    if retry.schedule_s:
+        delay = retry.schedule_s[min(attempt, len(retry.schedule_s)) - 1]
+    else:
+        delay = (
+            min(retry.initial_delay_ms * retry.multiplier ** (attempt - 1), retry.max_delay_ms)
+            / 1000
+        )
+        if retry.jitter:
+            delay *= random.random()  # full jitter
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
+    return delay
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds from now: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+class Deliverer:
+    """Runs `workers` deliveries at once, at most `per_target` to one target origin."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        runtime: Callable[[], Runtime | None],
+        workers: int,
+        per_target: int | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.store, self._runtime, self.workers = store, runtime, workers
+        self.per_target = per_target or max(1, workers // 2)
+        self.poll_s = poll_s
+        self._active: dict[asyncio.Task[None], Delivery] = {}
+        self._by_origin: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run())
+
+    def wake(self) -> None:
+        """Look for due deliveries now (called after a local enqueue)."""
+        self._wake.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop leasing, let attempts in flight finish within `grace_s`, release the rest."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._active:
+            await asyncio.wait(list(self._active), timeout=grace_s)
+        unfinished = dict(self._active)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        if unfinished:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(list(unfinished.values()), time.time())
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            leased = await self._lease()
+            for delivery in leased:
+                task = asyncio.create_task(self._deliver(delivery))
+                self._active[task] = delivery
+                task.add_done_callback(self._done)
+            if not leased:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.pop(task, None)
+        self._wake.set()  # a worker is free
+
+    async def _lease(self) -> list[Delivery]:
+        runtime = self._runtime()
+        free = self.workers - len(self._active)
+        if runtime is None or free <= 0:
+            return []
+        lease_s = max((p.timeout_s for p in runtime.plans), default=10.0) + LEASE_MARGIN_S
+        try:
+            return await self.store.lease(time.time(), free, lease_s)
+        except StoreUnavailable as exc:
+            logs.event("queue_unavailable", logging.WARNING, error=str(exc))
+            await asyncio.sleep(1.0)
+            return []
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt(delivery)
+        except StoreUnavailable as exc:  # the lease expires and the delivery is tried again
+            logs.event(
+                "queue_unavailable", logging.WARNING, error=str(exc), delivery_id=delivery.id
+            )
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        runtime = self._runtime()
+        plan = runtime.plan(delivery.route) if runtime else None
+        if plan is None or not plan.queues:
+            await self._bury(delivery, "route_removed", delivery.attempts)
+            return
+        if self._by_origin.get(delivery.origin, 0) >= self.per_target:
+            await self.store.reschedule(delivery, time.time() + CAP_DEFER_S)
+            return
+        self._by_origin[delivery.origin] = self._by_origin.get(delivery.origin, 0) + 1
+        try:
+            await self._send(plan, delivery)
+        finally:
+            self._by_origin[delivery.origin] -= 1
+
+    async def _send(self, plan: RoutePlan, delivery: Delivery) -> None:
+        breaker = plan.breakers.get(delivery.origin)
+        ticket = breaker.acquire()
+        if ticket is None:  # deferred, not failed: no attempt is used up
+            await self.store.reschedule(delivery, time.time() + max(breaker.retry_after_s(), 0.1))
+            return
+        attempt = delivery.attempts + 1
+        try:
+            answer = await send(plan.session, delivery.method, delivery.url, _headers(plan, delivery, attempt),
+                                delivery.body, plan.timeout_s)  # fmt: skip
+        except ProxyError as exc:
+            kind = outcomes.of_error(exc)
+            if kind is None:
+                breaker.release(ticket)
+            else:
+                breaker.record(ticket, outcomes.trips_breaker(kind))
+            await self._settle(
+                plan,
+                delivery.after(attempts=attempt, last_status=None, last_error=exc.message),
+                kind,
+                None,
+            )
+            return
+        kind = outcomes.of_status(answer.status)
+        breaker.record(ticket, outcomes.trips_breaker(kind, plan.config.breaker.trip_on_429))
+        error = None if kind is outcomes.Kind.SUCCESS else _describe(answer)
+        done = delivery.after(attempts=attempt, last_status=answer.status, last_error=error)
+        await self._settle(
+            plan, done, kind, retry_after_s(answer.headers.get("Retry-After"), time.time())
+        )
+
+    async def _settle(
+        self, plan: RoutePlan, delivery: Delivery, kind: outcomes.Kind | None, wait_s: float | None
+    ) -> None:
+        if kind is outcomes.Kind.SUCCESS:
+            await self.store.complete(delivery)
+            logs.event("delivered", route=delivery.route, delivery_id=delivery.id, attempt=delivery.attempts,
+                       request_id=delivery.request_id)  # fmt: skip
+        elif kind is None or not outcomes.retryable(kind):
+            await self._bury(delivery, kind.value if kind else "forbidden", delivery.attempts)
+        elif delivery.attempts >= plan.config.retry.max_attempts:
+            await self._bury(delivery, "exhausted", delivery.attempts)
+        else:
+            pause = backoff_s(plan.config.retry, delivery.attempts, wait_s)
+            await self.store.reschedule(delivery, time.time() + pause)
+
+    async def _bury(self, delivery: Delivery, reason: str, attempts: int) -> None:
+        dead = delivery.after(reason=reason, failed_at=time.time(), attempts=attempts)
+        await self.store.bury(dead)
+        logs.event("dead_lettered", logging.WARNING, route=delivery.route, delivery_id=delivery.id, reason=reason,
+                   attempts=attempts, last_status=delivery.last_status, request_id=delivery.request_id)  # fmt: skip
+
+
+def _headers(plan: RoutePlan, delivery: Delivery, attempt: int) -> CIMultiDict[str]:
+    headers = CIMultiDict(delivery.headers)
+    headers["X-Request-ID"] = delivery.request_id
+    headers["X-Timeout-Ms"] = str(int(plan.timeout_s * 1000))
+    headers["X-Retry-Attempt"] = str(attempt)
+    headers["X-Max-Attempts"] = str(plan.config.retry.max_attempts)
+    if plan.signer is not None:
+        for name, value in plan.signer.sign(delivery.body, delivery.request_id, int(time.time())):
+            headers[name] = value
+    return headers
+
+
+def _describe(answer: UpstreamResponse) -> str:
+    return f"HTTP {answer.status}: {answer.body[:200].decode('utf-8', 'replace')}"
