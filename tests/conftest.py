@@ -108,3 +108,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """hookshield's data plane and admin plane on real ports, sharing one state."""
+
+    data: TestClient[web.Request, web.Application]
+    admin: TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> Any:
+    """Factory: `await stack(config_mapping, env=...)` -> a running `Stack`."""
+    started: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(data: dict[str, Any], env: dict[str, str] | None = None) -> Stack:
+        app, admin = build_apps(make_config(data, tmp_path, env), grace_s=2.0)
+        clients = [TestClient(TestServer(app)), TestClient(TestServer(admin))]
+        for client in clients:
+            await client.start_server()
+            started.append(client)
+        return Stack(*clients)
+
+    yield start
+    for client in reversed(started):
+        await client.close()

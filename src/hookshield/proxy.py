@@ -143,13 +143,13 @@ async def enqueue(plan: RoutePlan, call: Call) -> web.Response:
 
 
 async def limited(plan: RoutePlan, call: Call) -> web.Response:
-    """Apply the rate limit and the bulkhead, then forward."""
-    if plan.config.mode == "async":
-        raise QueueUnavailable("async delivery is not available in this version of hookshield")
+    """Apply the rate limit; then queue (async routes) or apply the bulkhead and forward."""
     if plan.bucket is not None and not plan.bucket.take():
         raise RateLimited(
             "the route's rate limit is reached", retry_after_s=plan.bucket.retry_after_s()
         )
+    if plan.config.mode == "async":
+        return await enqueue(plan, call)
     if plan.bulkhead is None:
         return await forward(plan, call)
     if not plan.bulkhead.enter():

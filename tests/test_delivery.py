@@ -1,0 +1,268 @@
+"""Async routes end to end: 202 after storing, delivery with retries, DLQ, replay, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from hookshield.config.models import RetryConfig
+from hookshield.delivery import backoff_s, retry_after_s
+from tests.conftest import Stack, Target, wait_for
+from tests.redis_servers import RedisServer
+
+SECRET = "whsec_" + base64.b64encode(b"delivery-test-key-0123456789").decode()
+
+
+class Script:
+    """A target answering from a list of statuses (then 200), noting when each call came."""
+
+    def __init__(self, *statuses: int, headers: dict[str, str] | None = None) -> None:
+        self.statuses, self.headers = list(statuses), headers or {}
+        self.times: list[float] = []
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.times.append(time.monotonic())
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, headers=self.headers if status != 200 else {})
+
+
+def async_route(url: str, **extra: Any) -> dict[str, Any]:
+    retry = {"max_attempts": 3, "initial_delay_ms": 200, "multiplier": 2, "jitter": False}
+    return {
+        "queue": {"workers": 4},
+        "routes": [{"name": "events", "match": {"path_prefix": "/events"}, "target": url,
+                    "mode": "async", "timeout_ms": 1000, "retry": retry, **extra}],
+    }  # fmt: skip
+
+
+async def test_async_call_is_acknowledged_then_delivered(stack: Any, target: Any) -> None:
+    """202 with id and requestId, outcome queued; the target gets the body and attempt headers."""
+    app: Target = await target()
+    hs: Stack = await stack(async_route(app.url + "/in"))
+    resp = await hs.data.post("/events/e?x=1", data=b'{"e":1}', headers={"X-Request-ID": "r-1"})
+    body = await resp.json()
+    assert (resp.status, resp.headers["X-Hookshield-Outcome"]) == (202, "queued")
+    assert body == {"success": True, "queued": True, "id": body["id"], "requestId": "r-1"}
+    await wait_for(lambda: len(app.seen) == 1)
+    seen = app.seen[0]
+    assert (seen.path_qs, seen.body) == ("/in/e?x=1", b'{"e":1}')
+    assert (seen.headers["X-Request-ID"], seen.headers["X-Retry-Attempt"], seen.headers["X-Max-Attempts"]) == (
+        "r-1", "1", "3",
+    )  # fmt: skip
+
+
+async def test_retries_with_configured_gaps_and_one_request_id(stack: Any, target: Any) -> None:
+    """Failing twice then succeeding: attempts 1, 2, 3, ~200 ms then ~400 ms apart, same id and body."""
+    script = Script(500, 503)
+    app = await target(script)
+    hs = await stack(async_route(app.url))
+    await hs.data.post("/events", data=b"payload", headers={"X-Request-ID": "r-2"})
+    await wait_for(lambda: len(app.seen) == 3)
+    assert [s.headers["X-Retry-Attempt"] for s in app.seen] == ["1", "2", "3"]
+    assert {s.headers["X-Request-ID"] for s in app.seen} == {"r-2"}
+    assert {s.body for s in app.seen} == {b"payload"}
+    gaps = [b - a for a, b in zip(script.times, script.times[1:], strict=False)]
+    assert 0.2 <= gaps[0] < 0.35
+    assert 0.4 <= gaps[1] < 0.55
+
+
+async def test_each_attempt_is_signed_afresh(stack: Any, target: Any) -> None:
+    """Every attempt carries a standard-webhooks signature that verifies."""
+    app = await target(Script(500))
+    signing = {"scheme": "standard-webhooks", "secret": "s"}
+    hs = await stack(
+        {**async_route(app.url, signing=signing), "secrets": {"s": {"env": "S"}}}, env={"S": SECRET}
+    )
+    await hs.data.post("/events", data=b'{"n":2}')
+    await wait_for(lambda: len(app.seen) == 2)
+    for seen in app.seen:
+        Webhook(SECRET).verify(seen.body, {k.lower(): v for k, v in seen.headers.items()})
+
+
+async def test_exhausted_attempts_go_to_dlq_and_replay_delivers_once(
+    stack: Any, target: Any
+) -> None:
+    """3 failures: dead-lettered with attempts and last_status; replay delivers with the same id."""
+    script = Script(500, 500, 500)
+    app = await target(script)
+    hs = await stack(async_route(app.url))
+    queued = await (
+        await hs.data.post("/events", data=b"x", headers={"X-Request-ID": "r-3"})
+    ).json()
+    items: list[dict[str, Any]] = []
+
+    async def dead() -> list[dict[str, Any]]:
+        return list((await (await hs.admin.get("/admin/dlq?route=events")).json())["items"])
+
+    async with asyncio.timeout(5):
+        while not items:
+            items = await dead()
+            await asyncio.sleep(0.05)
+    [item] = items
+    assert (item["id"], item["attempts"], item["last_status"], item["reason"]) == (
+        queued["id"],
+        3,
+        500,
+        "exhausted",
+    )
+    assert item["request_id"] == "r-3"
+    shown = await (await hs.admin.get(f"/admin/dlq/{item['id']}")).json()
+    assert shown["request"]["body"] == "x"
+    replayed = await hs.admin.post(f"/admin/dlq/{item['id']}/replay")
+    assert (await replayed.json())["replayed"] == 1
+    await wait_for(lambda: len(app.seen) == 4)
+    await asyncio.sleep(0.2)
+    assert len(app.seen) == 4
+    assert app.seen[-1].headers["X-Request-ID"] == "r-3"
+    assert app.seen[-1].headers["X-Retry-Attempt"] == "1"
+    assert await dead() == []
+
+
+async def test_client_error_is_dead_lettered_after_one_attempt(stack: Any, target: Any) -> None:
+    """A 400 is not retried: exactly one attempt, then the DLQ with reason rejected."""
+    app = await target(Script(400))
+    hs = await stack(async_route(app.url))
+    await hs.data.post("/events", data=b"x")
+    items: list[Any] = []
+    async with asyncio.timeout(5):
+        while not items:
+            items = (await (await hs.admin.get("/admin/dlq")).json())["items"]
+            await asyncio.sleep(0.05)
+    assert (items[0]["attempts"], items[0]["last_status"], items[0]["reason"]) == (
+        1,
+        400,
+        "rejected",
+    )
+    assert len(app.seen) == 1
+
+
+async def test_duplicate_idempotency_key_queues_once(stack: Any, target: Any) -> None:
+    """The same Idempotency-Key answers the first id with duplicate: true; one delivery."""
+    app = await target()
+    hs = await stack(async_route(app.url))
+    first = await (
+        await hs.data.post("/events", data=b"1", headers={"Idempotency-Key": "k"})
+    ).json()
+    again = await hs.data.post("/events", data=b"1", headers={"Idempotency-Key": "k"})
+    body = await again.json()
+    assert (again.status, again.headers["X-Hookshield-Outcome"]) == (202, "duplicate")
+    assert (body["id"], body["duplicate"]) == (first["id"], True)
+    await wait_for(lambda: len(app.seen) == 1)
+    await asyncio.sleep(0.2)
+    assert len(app.seen) == 1
+
+
+async def test_retry_after_delays_the_next_attempt(stack: Any, target: Any) -> None:
+    """A 503 with Retry-After: 1 is tried again no sooner than 1 s later."""
+    script = Script(503, headers={"Retry-After": "1"})
+    app = await target(script)
+    hs = await stack(async_route(app.url))
+    await hs.data.post("/events", data=b"x")
+    await wait_for(lambda: len(app.seen) == 2)
+    assert script.times[1] - script.times[0] >= 1.0
+
+
+async def test_open_breaker_defers_without_using_attempts(stack: Any, target: Any) -> None:
+    """While the target's breaker is open, deliveries wait and no attempt is counted for it."""
+    script = Script(500)
+    app = await target(script)
+    breaker = {"failure_threshold": 1, "recovery_timeout_s": 0.5, "success_threshold": 1}
+    retry = {"max_attempts": 2, "initial_delay_ms": 10, "jitter": False}
+    hs = await stack(async_route(app.url, breaker=breaker, retry=retry))
+    await hs.data.post("/events", data=b"a")  # attempt 1 fails: the breaker opens for 0.5 s
+    await wait_for(lambda: len(app.seen) == 1)
+    await hs.data.post("/events", data=b"b")  # deferred while open, again and again
+    await wait_for(lambda: len(app.seen) == 3, timeout_s=5)
+    attempts = {
+        body: [s.headers["X-Retry-Attempt"] for s in app.seen if s.body == body]
+        for body in (b"a", b"b")
+    }
+    assert attempts == {b"a": ["1", "2"], b"b": ["1"]}
+    assert (
+        min(t for t in script.times[1:]) - script.times[0] >= 0.5
+    )  # nothing went through while open
+
+
+async def test_sync_fallback_queue_spools_the_call(stack: Any, target: Any) -> None:
+    """fallback.queue on a sync route: a failure answers 202 and the call is delivered later."""
+    script = Script(503)
+    app = await target(script)
+    config = {"routes": [{"name": "win", "match": {"path_prefix": "/win"}, "target": app.url,
+                          "fallback": {"queue": True}, "retry": {"initial_delay_ms": 10}}]}  # fmt: skip
+    hs = await stack(config)
+    resp = await hs.data.post("/win", data=b"w", headers={"X-Request-ID": "r-9"})
+    assert (resp.status, resp.headers["X-Hookshield-Outcome"]) == (202, "fallback:upstream_error")
+    await wait_for(lambda: len(app.seen) == 2)
+    assert app.seen[1].headers["X-Request-ID"] == "r-9"
+
+
+async def test_admin_token_guards_admin_endpoints_only(stack: Any, target: Any) -> None:
+    """With admin.token_env set, /admin/* needs the bearer token; probes stay open."""
+    app = await target()
+    config = {**async_route(app.url), "admin": {"token_env": "ADMIN_TOKEN_FOR_TEST"}}
+    import os
+
+    os.environ["ADMIN_TOKEN_FOR_TEST"] = "t0ken"
+    try:
+        hs = await stack(config)
+        assert (await hs.admin.get("/admin/dlq")).status == 401
+        assert (
+            await hs.admin.get("/admin/dlq", headers={"Authorization": "Bearer nope"})
+        ).status == 401
+        assert (
+            await hs.admin.get("/admin/dlq", headers={"Authorization": "Bearer t0ken"})
+        ).status == 200
+        assert (await hs.admin.get("/readyz")).status == 200
+    finally:
+        del os.environ["ADMIN_TOKEN_FOR_TEST"]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "everysec").start()
+    yield server
+    server.stop()
+
+
+async def test_redis_down_means_503_and_not_ready_then_recovers(
+    stack: Any, target: Any, redis_server: RedisServer
+) -> None:
+    """Redis stopped: 503 QUEUE_UNAVAILABLE (never 202) and /readyz 503; both recover."""
+    app = await target()
+    hs = await stack({**async_route(app.url), "queue": {"redis_url": redis_server.url}})
+    assert (await hs.data.post("/events", data=b"1")).status == 202
+    redis_server.kill()
+    down = await hs.data.post("/events", data=b"2")
+    assert (down.status, (await down.json())["code"]) == (503, "QUEUE_UNAVAILABLE")
+    assert (await hs.admin.get("/readyz")).status == 503
+    redis_server.start()
+    assert (await hs.data.post("/events", data=b"3")).status == 202
+    assert (await hs.admin.get("/readyz")).status == 200
+    await wait_for(lambda: {s.body for s in app.seen} >= {b"1", b"3"}, timeout_s=10)
+
+
+def test_backoff_exponential_capped_scheduled_and_retry_after() -> None:
+    """initial x multiplier^(n-1) capped; jitter stays within [0, that]; schedule; Retry-After floor."""
+    plain = RetryConfig(initial_delay_ms=100, multiplier=3, max_delay_ms=500, jitter=False)
+    assert [backoff_s(plain, n) for n in (1, 2, 3)] == [0.1, 0.3, 0.5]
+    jittered = RetryConfig(initial_delay_ms=1000, jitter=True)
+    assert all(0 <= backoff_s(jittered, 2) <= 2.0 for _ in range(100))
+    scheduled = RetryConfig(schedule_s=(60, 300))
+    assert [backoff_s(scheduled, n) for n in (1, 2, 3)] == [60, 300, 300]
+    assert backoff_s(plain, 1, retry_after_s=7) == 7
+
+
+def test_retry_after_parses_seconds_and_dates() -> None:
+    """Retry-After in seconds or as an HTTP date."""
+    now = 1_700_000_000.0
+    assert retry_after_s("5", now) == 5
+    assert retry_after_s("Tue, 14 Nov 2023 22:13:30 GMT", now) == 10
+    assert retry_after_s("soon", now) is None
