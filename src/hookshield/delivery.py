@@ -27,9 +27,10 @@ from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
 from hookshield.runtime import RoutePlan, Runtime
 from hookshield.upstream import UpstreamResponse, send
 
-LEASE_MARGIN_S = 30.0
+LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
 CAP_DEFER_S = 0.2  # a delivery whose target is at its cap tries again this much later
 MAX_RETRY_AFTER_S = 24 * 3600.0
+STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
 
 
 def backoff_s(retry: RetryConfig, attempt: int, retry_after_s: float | None = None) -> float:
@@ -68,15 +69,17 @@ class Deliverer:
         store: DeliveryStore,
         runtime: Callable[[], Runtime | None],
         workers: int,
+        lease_s: float = 60.0,
         per_target: int | None = None,
         poll_s: float = 0.05,
     ) -> None:
-        self.store, self._runtime, self.workers = store, runtime, workers
+        self.store, self._runtime, self.workers, self.lease_s = store, runtime, workers, lease_s
         self.per_target = per_target or max(1, workers // 2)
         self.poll_s = poll_s
         self._active: dict[asyncio.Task[None], Delivery] = {}
         self._by_origin: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -87,11 +90,17 @@ class Deliverer:
         self._wake.set()
 
     async def stop(self, grace_s: float) -> None:
-        """Stop leasing, let attempts in flight finish within `grace_s`, release the rest."""
+        """Stop leasing, let attempts in flight finish within `grace_s`, release the rest.
+
+        The lease loop is stopped by a flag and a wake-up, not by cancelling it: on Python
+        3.11 a cancellation that races a finishing wait can be lost, and the loop would run on.
+        """
+        self._stopping = True
+        self._wake.set()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            done, _ = await asyncio.wait({self._loop_task}, timeout=STOP_LOOP_S)
+            if not done:
+                self._loop_task.cancel()
         if self._active:
             await asyncio.wait(list(self._active), timeout=grace_s)
         unfinished = dict(self._active)
@@ -103,16 +112,17 @@ class Deliverer:
                 await self.store.release(list(unfinished.values()), time.time())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             leased = await self._lease()
             for delivery in leased:
                 task = asyncio.create_task(self._deliver(delivery))
                 self._active[task] = delivery
                 task.add_done_callback(self._done)
-            if not leased:
+            if not leased and not self._stopping:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
@@ -123,12 +133,15 @@ class Deliverer:
         free = self.workers - len(self._active)
         if runtime is None or free <= 0:
             return []
-        lease_s = max((p.timeout_s for p in runtime.plans), default=10.0) + LEASE_MARGIN_S
+        longest = max((p.timeout_s for p in runtime.plans), default=10.0)
+        lease_s = max(self.lease_s, longest + LEASE_MARGIN_S)
         try:
             return await self.store.lease(time.time(), free, lease_s)
         except StoreUnavailable as exc:
             logs.event("queue_unavailable", logging.WARNING, error=str(exc))
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()  # a stop wakes it early
             return []
 
     async def _deliver(self, delivery: Delivery) -> None:

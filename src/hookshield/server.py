@@ -31,7 +31,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.store = open_store(state.config.queue)
     runtime = state.install(state.config)
     logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
-    deliverer = Deliverer(state.store, lambda: state.runtime, state.config.queue.workers)
+    queue = state.config.queue
+    deliverer = Deliverer(state.store, lambda: state.runtime, queue.workers, queue.lease_s)
     deliverer.start()
     state.wake_deliverer = deliverer.wake
     yield

@@ -43,6 +43,7 @@ class QueueConfig:
     redis_url: str | None
     sqlite_path: Path
     workers: int
+    lease_s: float = 60.0  # at least the longest route timeout + 2 s is used
 
 
 @dataclass(frozen=True)

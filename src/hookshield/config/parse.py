@@ -114,7 +114,9 @@ def _build(
     return Config(
         listen=_address(root.section("listen", ("host", "port")), 8080),
         admin=_admin(root.section("admin", ("host", "port", "token_env"))),
-        queue=_queue(root.section("queue", ("redis_url", "sqlite_path", "workers")), base_dir),
+        queue=_queue(
+            root.section("queue", ("redis_url", "sqlite_path", "workers", "lease_s")), base_dir
+        ),
         max_body_bytes=root.section("limits", ("max_body_bytes",)).integer(
             "max_body_bytes", 1024 * 1024
         ),
@@ -146,7 +148,8 @@ def _queue(section: Section, base_dir: Path) -> QueueConfig:
             "redis_url", "must start with redis://, rediss://, redis+sentinel:// or unix://"
         )
     sqlite = section.string("sqlite_path", "hookshield-queue.db") or "hookshield-queue.db"
-    return QueueConfig(redis_url, base_dir / sqlite, section.integer("workers", 16))
+    workers, lease_s = section.integer("workers", 16), section.number("lease_s", 60.0)
+    return QueueConfig(redis_url, base_dir / sqlite, workers, lease_s)
 
 
 def _log_level(section: Section) -> str:
