@@ -20,15 +20,18 @@ from pathlib import Path
 import uvloop
 import yaml
 
-from bench.load import Result, run
+from bench.load import Result, run, run_open
 from bench.procs import free_port, pin_self, pinned, wait_http
 
 
-def _config(target_port: int, listen: int, admin: int, secret_file: Path) -> dict[str, object]:
+def _config(target_port: int, listen: int, admin: int, workdir: Path) -> dict[str, object]:
+    secret_file = workdir / "bench.secret"
+    secret_file.write_text("bench-secret")
     return {
         "listen": {"port": listen},
         "admin": {"port": admin},
         "log": {"level": "INFO"},
+        "queue": {"sqlite_path": str(workdir / "queue.db")},
         "secrets": {"bench": {"file": str(secret_file)}},
         "routes": [
             {
@@ -41,7 +44,14 @@ def _config(target_port: int, listen: int, admin: int, secret_file: Path) -> dic
                     "remove": ["Cookie"],
                 },
                 "signing": {"scheme": "hmac-sha256", "secret": "bench"},
-            }
+            },
+            {
+                "name": "bench-async",
+                "match": {"path_prefix": "/async", "methods": ["POST"]},
+                "target": f"http://127.0.0.1:{target_port}/api/hook",
+                "mode": "async",
+                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
+            },
         ],
     }
 
@@ -51,13 +61,11 @@ def _quiet(command: list[str]) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def processes(workdir: Path) -> Iterator[tuple[str, str]]:
-    """Start the target and hookshield; yield (direct URL, proxied URL)."""
+def processes(workdir: Path) -> Iterator[dict[str, str]]:
+    """Start the target and hookshield; yield the URL of each path to measure."""
     target, listen, admin = free_port(), free_port(), free_port()
-    secret = workdir / "bench.secret"
-    secret.write_text("bench-secret")
     config = workdir / "bench.yaml"
-    config.write_text(yaml.safe_dump(_config(target, listen, admin, secret)))
+    config.write_text(yaml.safe_dump(_config(target, listen, admin, workdir)))
     started = [
         _quiet(pinned(1, [sys.executable, "-m", "bench.target", str(target)])),
         _quiet(pinned(0, [sys.executable, "-m", "hookshield", "run", "--config", str(config)])),
@@ -65,24 +73,35 @@ def processes(workdir: Path) -> Iterator[tuple[str, str]]:
     try:
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         wait_http(f"http://127.0.0.1:{target}/")
-        yield f"http://127.0.0.1:{target}/api/hook", f"http://127.0.0.1:{listen}/hook"
+        yield {
+            "direct": f"http://127.0.0.1:{target}/api/hook",
+            "hookshield": f"http://127.0.0.1:{listen}/hook",
+            "async 202": f"http://127.0.0.1:{listen}/async",
+        }
     finally:
         for process in started:
             process.terminate()
             process.wait(timeout=10)
 
 
-async def rounds(direct: str, proxied: str, args: argparse.Namespace) -> dict[str, list[Result]]:
-    results: dict[str, list[Result]] = {"direct": [], "hookshield": []}
-    for url in (direct, proxied):  # warm both paths
+Rounds = dict[str, dict[str, list[Result]]]  # kind ("closed", "open") -> path -> rounds
+
+
+async def rounds(urls: dict[str, str], args: argparse.Namespace) -> Rounds:
+    """A warm-up per path, then the paths in turn, round after round: closed loop, then open."""
+    results: Rounds = {"closed": {n: [] for n in urls}, "open": {n: [] for n in urls}}
+    for url in urls.values():
         await run(url, min(1000, args.requests), args.concurrency)
     for _ in range(args.rounds):
-        results["direct"].append(await run(direct, args.requests, args.concurrency))
-        results["hookshield"].append(await run(proxied, args.requests, args.concurrency))
+        for name, url in urls.items():
+            results["closed"][name].append(await run(url, args.requests, args.concurrency))
+        for name, url in urls.items():
+            results["open"][name].append(await run_open(url, args.open_requests, args.rate))
     return results
 
 
-def report(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
+def report(all_results: Rounds, args: argparse.Namespace) -> None:
+    results = all_results["closed"]
     med = {name: _median(rs) for name, rs in results.items()}
     d, h = med["direct"], med["hookshield"]
     print(
@@ -100,6 +119,21 @@ def report(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
         )
     print(f"throughput ratio hookshield/direct: {h.throughput / d.throughput:.2f}")
     print(f"added latency: p50 {h.p50_ms - d.p50_ms:+.2f} ms, p99 {h.p99_ms - d.p99_ms:+.2f} ms")
+    print(f"async 202 (durable write, group commit): {med['async 202'].throughput:,.0f} accepted/s")
+    report_open(all_results["open"], args)
+
+
+def report_open(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    med = {name: _median(rs) for name, rs in results.items()}
+    print(f"\nopen loop: {args.open_requests} POSTs at {args.rate:,.0f}/s x {args.rounds} rounds, "
+          "latency from the scheduled send time")  # fmt: skip
+    print(f"{'path':<12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, m in med.items():
+        print(f"{name:<12}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}")
+    d, h = med["direct"], med["hookshield"]
+    print(
+        f"added latency at {args.rate:,.0f}/s: p50 {h.p50_ms - d.p50_ms:+.2f} ms, p99 {h.p99_ms - d.p99_ms:+.2f} ms"
+    )
 
 
 def _median(results: list[Result]) -> Result:
@@ -116,15 +150,22 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="open-loop arrival rate per second"
+    )
+    parser.add_argument(
+        "--open-requests", type=int, default=1000, help="open-loop requests per round"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 500 requests, 1 round")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.rounds = 500, 1
-    with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as (direct, proxied):
+        args.requests, args.open_requests, args.rounds = 500, 500, 1
+    with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as urls:
         pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
-        results = uvloop.run(rounds(direct, proxied, args))
+        results = uvloop.run(rounds(urls, args))
     report(results, args)
-    return 1 if any(r.errors for rs in results.values() for r in rs) else 0
+    failed = any(r.errors for kind in results.values() for rs in kind.values() for r in rs)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

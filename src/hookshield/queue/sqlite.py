@@ -2,7 +2,9 @@
 
 All SQLite work runs on one dedicated thread (never on the event loop), each change in one
 `BEGIN IMMEDIATE` transaction, with `synchronous=FULL` so an acknowledged enqueue survives
-a crash of the process or the machine. Due and leased deliveries share one table; `due_at`
+a crash of the process or the machine. Enqueues are group-committed: those that arrive
+while a commit is under way share the next transaction (one fsync), and each caller is
+answered only after that transaction committed. Due and leased deliveries share one table; `due_at`
 is the due time of a due delivery and the lease deadline of a leased one.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 from hookshield.queue.base import DEDUPE_TTL_S, Delivery, StoreUnavailable
 
 T = TypeVar("T")
+_Enqueue = tuple[Delivery, str | None, float, "asyncio.Future[tuple[str, bool]]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -51,6 +55,8 @@ class SqliteStore:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookshield-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._pending: list[_Enqueue] = []
+        self._pending_lock = threading.Lock()
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -86,31 +92,57 @@ class SqliteStore:
     async def enqueue(
         self, delivery: Delivery, dedupe_key: str | None, due_at: float
     ) -> tuple[str, bool]:
-        def work(db: sqlite3.Connection) -> tuple[str, bool]:
-            with self._tx(db):
-                if dedupe_key is not None:
-                    row = db.execute(
-                        "SELECT id FROM dedupe WHERE route=? AND key=? AND expires_at>?",
-                        (delivery.route, dedupe_key, delivery.created_at),
-                    ).fetchone()
-                    if row:
-                        return str(row[0]), True
-                    db.execute(
-                        "INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?)",
-                        (
-                            delivery.route,
-                            dedupe_key,
-                            delivery.id,
-                            delivery.created_at + DEDUPE_TTL_S,
-                        ),
-                    )
-                db.execute(
-                    "INSERT INTO deliveries (id, route, meta, body, due_at) VALUES (?,?,?,?,?)",
-                    (delivery.id, delivery.route, delivery.meta(), delivery.body, due_at),
-                )
-                return delivery.id, False
+        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        with self._pending_lock:
+            self._pending.append((delivery, dedupe_key, due_at, answer))
+            leader = len(self._pending) == 1
+        if leader:  # the first of a batch drives its commit; the others only wait
+            await self._commit_pending()
+        return await answer
 
-        return await self._run(work)
+    async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch, outcome = await loop.run_in_executor(self._thread, self._call_batch)
+        for (*_, answer), result in zip(batch, outcome or [], strict=False):
+            answer.set_result(result)
+        if outcome is None:
+            for *_, answer in batch:
+                answer.set_exception(StoreUnavailable(f"sqlite {self.path}: enqueue not committed"))
+
+    def _call_batch(self) -> tuple[list[_Enqueue], list[tuple[str, bool]] | None]:
+        """On the SQLite thread: take every pending enqueue, commit them as one transaction."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        try:
+            return batch, self._call(lambda db: self._insert_all(db, batch))
+        except sqlite3.Error:
+            return batch, None
+
+    def _insert_all(self, db: sqlite3.Connection, batch: list[_Enqueue]) -> list[tuple[str, bool]]:
+        with self._tx(db):
+            return [self._insert(db, delivery, key, due_at) for delivery, key, due_at, _ in batch]
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection, delivery: Delivery, dedupe_key: str | None, due_at: float
+    ) -> tuple[str, bool]:
+        if dedupe_key is not None:
+            row = db.execute(
+                "SELECT id FROM dedupe WHERE route=? AND key=? AND expires_at>?",
+                (delivery.route, dedupe_key, delivery.created_at),
+            ).fetchone()
+            if row:
+                return str(row[0]), True
+            expires = delivery.created_at + DEDUPE_TTL_S
+            db.execute(
+                "INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?)",
+                (delivery.route, dedupe_key, delivery.id, expires),
+            )
+        db.execute(
+            "INSERT INTO deliveries (id, route, meta, body, due_at) VALUES (?,?,?,?,?)",
+            (delivery.id, delivery.route, delivery.meta(), delivery.body, due_at),
+        )
+        return delivery.id, False
 
     async def lease(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
