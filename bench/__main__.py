@@ -9,6 +9,8 @@ absolute numbers depend on the machine, the ratios are what to compare.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -93,11 +95,29 @@ async def rounds(urls: dict[str, str], args: argparse.Namespace) -> Rounds:
     for url in urls.values():
         await run(url, min(1000, args.requests), args.concurrency)
     for _ in range(args.rounds):
-        for name, url in urls.items():
-            results["closed"][name].append(await run(url, args.requests, args.concurrency))
-        for name, url in urls.items():
-            results["open"][name].append(await run_open(url, args.open_requests, args.rate))
+        for kind in ("closed", "open"):
+            for name, url in urls.items():
+                result = await (
+                    run(url, args.requests, args.concurrency)
+                    if kind == "closed"
+                    else run_open(url, args.open_requests, args.rate)
+                )
+                results[kind][name].append(result)
+                await drained(args.queue_db)  # background deliveries must not skew the next row
     return results
+
+
+async def drained(db: Path, timeout_s: float = 300.0) -> None:
+    """Wait until hookshield's SQLite queue holds no pending delivery."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        with sqlite3.connect(db) as conn:
+            (pending,) = conn.execute("SELECT COUNT(*) FROM deliveries WHERE dead=0").fetchone()
+        if pending == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the queue in {db} did not drain")
 
 
 def report(all_results: Rounds, args: argparse.Namespace) -> None:
@@ -161,6 +181,7 @@ def main() -> int:
     if args.quick:
         args.requests, args.open_requests, args.rounds = 500, 500, 1
     with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as urls:
+        args.queue_db = Path(tmp) / "queue.db"
         pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
         results = uvloop.run(rounds(urls, args))
     report(results, args)

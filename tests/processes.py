@@ -34,10 +34,11 @@ class Hookshield:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin}"
 
-    async def start(self, env: dict[str, str] | None = None) -> Hookshield:
+    async def start(self, *args: str, env: dict[str, str] | None = None) -> Hookshield:
+        """Start `hookshield run` (extra `args` such as `--grace 1`) and wait until ready."""
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hookshield", "run", "--config", str(self.config_path),
+                sys.executable, "-m", "hookshield", "run", "--config", str(self.config_path), *args,
                 stdout=log, stderr=log, env={**os.environ, **(env or {})},
             )  # fmt: skip
         await self.wait_ready()

@@ -118,3 +118,48 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+class RedisSentinel:
+    """A master and one Sentinel watching it as `mymaster`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.master = RedisServer(workdir)
+        self.port = free_cluster_port()
+        self.conf = workdir / f"sentinel-{self.port}.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster"
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            ["redis-server", str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while True:
+            try:
+                if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):  # type: ignore[no-untyped-call]
+                    return self
+            except redis.exceptions.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def flush(self) -> None:
+        redis.Redis(port=self.master.port).flushall()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.master.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -144,3 +145,35 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
     async with asyncio.timeout(15):
         while not await _probe(session, url):  # noqa: ASYNC110 - polling another process
             await asyncio.sleep(0.05)
+
+
+async def test_dlq_verbs_drive_the_admin_api(stack: Any, target: Any) -> None:
+    """dlq list, show, replay --route and delete, as a real command against the admin API."""
+    from aiohttp import web
+
+    async def reject(request: web.Request) -> web.Response:
+        return web.Response(status=422)
+
+    app: Target = await target(reject)
+    route = {"name": "ev", "match": {"path_prefix": "/ev"}, "target": app.url, "mode": "async"}
+    hs = await stack({"routes": [route]})
+    for n in range(2):
+        await hs.data.post("/ev", data=b"%d" % n)
+    admin = f"http://127.0.0.1:{hs.admin.port}"
+
+    async def dlq(*args: str) -> Any:
+        result = await asyncio.to_thread(hookshield, "dlq", "--admin", admin, *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    items: list[Any] = []
+    async with asyncio.timeout(5):
+        while len(items) < 2:
+            items = (await dlq("list", "--route", "ev"))["items"]
+    shown = await dlq("show", items[0]["id"])
+    assert (shown["last_status"], shown["request"]["method"]) == (422, "POST")
+    assert (await dlq("delete", items[0]["id"]))["deleted"] == 1
+    assert (await dlq("replay", "--route", "ev"))["replayed"] == 1
+    missing = await asyncio.to_thread(hookshield, "dlq", "--admin", admin, "show", "nope")
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr

@@ -154,3 +154,31 @@ async def test_idempotency_key_across_two_replicas(
     assert counter.by_id["rid-77"] == 1
     for replica in replicas:
         await replica.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_releases_unfinished_deliveries_at_once(tmp_path: Path, target: Any) -> None:
+    """SIGTERM with a delivery stuck past the grace period: exit 0, and after a restart it
+    is delivered again at once, not after its (30 s) lease would have expired."""
+    arrivals: list[float] = []
+
+    async def slow_first(request: web.Request) -> web.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        if len(arrivals) == 1:
+            await asyncio.sleep(10)
+        return web.Response(text="ok")
+
+    app = await target(slow_first)
+    cfg = config(app.url, {"lease_s": 30})
+    cfg["routes"][0]["timeout_ms"] = 20000
+    hs = await Hookshield(tmp_path, cfg).start("--grace", "0.5")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{hs.url}/events", data=b"{}") as resp,
+    ):
+        assert resp.status == 202
+    await wait_for(lambda: len(arrivals) == 1)
+    assert await hs.stop(timeout_s=5) == 0
+    await hs.start()
+    await wait_for(lambda: len(arrivals) == 2, timeout_s=5)
+    await hs.stop()

@@ -1,4 +1,4 @@
-"""One contract for every queue store: SQLite, Redis standalone and a 3-node Redis Cluster."""
+"""One contract for every queue store: SQLite; Redis standalone, 3-node Cluster, and via Sentinel."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import redis
 from hookshield.queue.base import Delivery, DeliveryStore
 from hookshield.queue.redis import RedisStore
 from hookshield.queue.sqlite import SqliteStore
-from tests.redis_servers import RedisCluster, RedisServer
+from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis", "cluster"])
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("sentinel")).start()
+    yield sentinel
+    sentinel.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "cluster", "sentinel"])
 async def store(request: Any, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
     opened: DeliveryStore
     if request.param == "sqlite":
@@ -41,10 +48,14 @@ async def store(request: Any, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
         server: RedisServer = request.getfixturevalue("redis_standalone")
         redis.Redis(port=server.port).flushall()
         opened = RedisStore(server.url)
-    else:
+    elif request.param == "cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
         opened = RedisStore(cluster.url)
+    else:
+        sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.flush()
+        opened = RedisStore(sentinel.url)
     yield opened
     await opened.close()
 

@@ -52,8 +52,9 @@ def _dead(route: str) -> str:
     return f"{DEAD}:{route}"
 
 
-def connect(url: str) -> Redis | RedisCluster:
-    """A client for `url`; `redis+sentinel://h1:p1,h2:p2/service[/db]` asks Sentinel for the master."""
+def connect(url: str) -> tuple[Redis | RedisCluster, Sentinel | None]:
+    """A client for `url` (and the Sentinel behind it, to close with it);
+    `redis+sentinel://h1:p1,h2:p2/service[/db]` asks Sentinel for the master."""
     if url.startswith("redis+sentinel://"):
         parts = urlsplit(url)
         hosts = [
@@ -64,14 +65,14 @@ def connect(url: str) -> Redis | RedisCluster:
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, password=password, **_OPTIONS)  # type: ignore[no-untyped-call]
         master: Redis = sentinel.master_for(service, db=int(db or 0), password=password, **_OPTIONS)
-        return master
-    return Redis.from_url(url, **_OPTIONS)
+        return master, sentinel
+    return Redis.from_url(url, **_OPTIONS), None
 
 
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client: Redis | RedisCluster = connect(url)
+        self._client, self._sentinel = connect(url)
         self._shas: dict[str, str] = {}
         self._checked = False
 
@@ -204,3 +205,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
