@@ -266,3 +266,41 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert retry_after_s("5", now) == 5
     assert retry_after_s("Tue, 14 Nov 2023 22:13:30 GMT", now) == 10
     assert retry_after_s("soon", now) is None
+
+
+async def test_redis_without_aof_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that keeps nothing on disk, or evicts keys, is named in a warning at first use."""
+    from hookshield.queue.redis import RedisStore
+
+    server = RedisServer(tmp_path, "--maxmemory-policy", "allkeys-lru").start()
+    try:
+        store = RedisStore(server.url)
+        await store.ping()
+        await store.close()
+    finally:
+        server.stop()
+    events = [r.getMessage() for r in caplog.records]
+    assert "redis_not_durable" in events
+    assert "redis_evicts" in events
+
+
+async def test_one_slow_target_gets_at_most_its_share_of_workers(stack: Any, target: Any) -> None:
+    """With 4 workers a single target never has more than 2 deliveries in flight."""
+    in_flight, peak = 0, 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        return web.Response(text="ok")
+
+    app = await target(slow)
+    hs = await stack(async_route(app.url))
+    for n in range(6):
+        await hs.data.post("/events", data=b"%d" % n)
+    await wait_for(lambda: len(app.seen) == 6, timeout_s=10)
+    assert peak == 2
