@@ -123,6 +123,18 @@ async def breaker_reset(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "reset": len(plan.breakers.items())})
 
 
+async def reload(request: web.Request) -> web.Response:
+    reloader = request.app[STATE].reloader
+    if reloader is None:
+        return _problem(503, "STARTING", "hookshield is starting")
+    result = await reloader.reload("admin")
+    if not result.ok:
+        body = {"success": False, "code": "INVALID_CONFIG", "config_generation": result.generation,
+                "errors": list(result.problems)}  # fmt: skip
+        return web.json_response(body, status=422)
+    return web.json_response({"success": True, "config_generation": result.generation})
+
+
 def _token_guard(token_env: str | None) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -152,4 +164,5 @@ def build_admin_app(state: State) -> web.Application:
     app.router.add_post("/admin/dlq/{id}/replay", dlq_replay)
     app.router.add_delete("/admin/dlq/{id}", dlq_delete)
     app.router.add_post("/admin/breakers/{route}/reset", breaker_reset)
+    app.router.add_post("/admin/reload", reload)
     return app

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +30,9 @@ from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
 from hookshield.targets import Resolver, StaticResolver, resolver_for
 from hookshield.upstream import Upstream
+
+if TYPE_CHECKING:
+    from hookshield.reload import Reloader
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +71,19 @@ def _log_transition(route: str) -> TransitionListener:
     return log
 
 
-def build_plan(route: RouteConfig, upstream: Upstream) -> RoutePlan:
+def build_plan(
+    route: RouteConfig, upstream: Upstream, previous: RoutePlan | None = None
+) -> RoutePlan:
+    """A route's plan. From `previous` (the same route in the runtime being replaced) the live
+    breakers, rate-limit bucket, bulkhead and fallback cache are kept when their settings did
+    not change; the rest is built anew."""
     target = route.target
     session = (
         upstream.guarded(target.allow_networks)
         if isinstance(target, DynamicTarget)
         else upstream.shared()
     )
-    return RoutePlan(
+    plan = RoutePlan(
         config=route,
         resolver=resolver_for(target),
         headers=HeaderPolicy(route.headers),
@@ -86,6 +95,24 @@ def build_plan(route: RouteConfig, upstream: Upstream) -> RoutePlan:
         bulkhead=Bulkhead(route.max_concurrent) if route.max_concurrent else None,
         fallback=Fallback(route.fallback) if route.fallback else None,
     )
+    return _carry_over(plan, previous) if previous is not None else plan
+
+
+_CARRIED = {  # live part of a plan -> the settings it depends on
+    "breakers": ("breaker", "target"),
+    "bucket": ("rate_limit",),
+    "bulkhead": ("max_concurrent",),
+    "fallback": ("fallback",),
+}
+
+
+def _carry_over(plan: RoutePlan, previous: RoutePlan) -> RoutePlan:
+    kept = {
+        part: getattr(previous, part)
+        for part, settings in _CARRIED.items()
+        if all(getattr(previous.config, s) == getattr(plan.config, s) for s in settings)
+    }
+    return replace(plan, **kept)
 
 
 def _health_check(plan: RoutePlan) -> HealthCheck | None:
@@ -125,8 +152,12 @@ class Runtime:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def build_runtime(config: Config, upstream: Upstream, generation: int) -> Runtime:
-    plans = tuple(build_plan(route, upstream) for route in config.routes)
+def build_runtime(
+    config: Config, upstream: Upstream, generation: int, previous: Runtime | None = None
+) -> Runtime:
+    """A runtime for `config`, carrying over the live state of unchanged routes of `previous`."""
+    old = previous.plan if previous else (lambda name: None)
+    plans = tuple(build_plan(route, upstream, old(route.name)) for route in config.routes)
     checks = tuple(c for c in (_health_check(p) for p in plans) if c is not None)
     return Runtime(generation, config, Router(plans), plans, checks)
 
@@ -134,7 +165,7 @@ def build_runtime(config: Config, upstream: Upstream, generation: int) -> Runtim
 class State:
     """The process-wide holder: the current runtime, the client sessions and the queue.
 
-    `store` and `deliverer` are set by the lifecycle (`server`) while it runs."""
+    `store`, `wake_deliverer` and `reloader` are set by the lifecycle (`server`) while it runs."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -142,11 +173,14 @@ class State:
         self.runtime: Runtime | None = None
         self.store: DeliveryStore | None = None
         self.wake_deliverer: Callable[[], None] = lambda: None
+        self.reloader: Reloader | None = None
 
     def install(self, config: Config) -> Runtime:
-        """Build a runtime for `config`, start it and make it current."""
+        """Build a runtime for `config` (beside the current one), start it and make it current.
+
+        The caller stops the previous runtime's background tasks."""
         generation = self.runtime.generation + 1 if self.runtime else 1
-        runtime = build_runtime(config, self.upstream, generation)
+        runtime = build_runtime(config, self.upstream, generation, self.runtime)
         runtime.start()
         self.runtime, self.config = runtime, config
         return runtime

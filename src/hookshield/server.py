@@ -1,14 +1,15 @@
 """The lifecycle: build both apps, bind both listeners, run until a signal, drain, stop.
 
 Everything long-lived (client sessions, the queue store, the runtime with its health
-checks, the delivery workers) is started and stopped in one place: the data app's
-`cleanup_ctx` (`_lifecycle`).
+checks, the delivery workers, the config watcher) is started and stopped in one place:
+the data app's `cleanup_ctx` (`_lifecycle`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -20,9 +21,10 @@ from hookshield.config.models import Address, Config
 from hookshield.delivery import Deliverer
 from hookshield.proxy import handle
 from hookshield.queue import open_store
+from hookshield.reload import Reloader
 from hookshield.runtime import STATE, State
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -35,7 +37,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     deliverer = Deliverer(state.store, lambda: state.runtime, queue.workers, queue.lease_s)
     deliverer.start()
     state.wake_deliverer = deliverer.wake
+    state.reloader = Reloader(state)
+    watcher = asyncio.create_task(state.reloader.watch())
     yield
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
     await deliverer.stop(app[GRACE])
     if state.runtime is not None:
         await state.runtime.stop()
@@ -90,7 +96,7 @@ async def serve(config: Config, grace_s: float = 30.0) -> int:
         await _cleanup(runners)
         return EXIT_USAGE
     logs.event("started", listen=_where(config.listen), admin=_where(config.admin))
-    await _wait_for_signal()
+    await _wait_for_signal(data[STATE])
     logs.event("stopping", grace_s=grace_s)
     await _cleanup(runners)
     logs.event("stopped")
@@ -101,14 +107,32 @@ def _where(address: Address) -> str:
     return f"{address.host}:{address.port}"
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(state: State) -> None:
+    """Until SIGTERM or SIGINT; SIGHUP reloads the config. After the first stop signal a
+    second one ends the process at once, without draining."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        if state.reloader is not None:
+            task: asyncio.Task[object] = asyncio.create_task(state.reloader.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+        loop.add_signal_handler(sig, _exit_now)
+    await asyncio.gather(*reloads, return_exceptions=True)
+
+
+def _exit_now() -> None:
+    logs.event("stopped_without_drain", logging.WARNING)
+    os._exit(EXIT_INTERRUPTED)
 
 
 async def _cleanup(runners: list[web.AppRunner]) -> None:

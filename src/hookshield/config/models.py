@@ -158,3 +158,5 @@ class Config:
     log_level: str
     routes: tuple[RouteConfig, ...]
     source: Path | None = None
+    secret_files: tuple[Path, ...] = ()  # re-read on reload; a change to one triggers a reload
+    reload_poll_s: float = 1.0

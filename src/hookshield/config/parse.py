@@ -19,7 +19,7 @@ from hookshield.config.policies import POLICY_KEYS, Policies, parse_policies
 from hookshield.config.reader import Problems, Section, describe, join
 from hookshield.config.routes import check_unique, parse_route
 
-TOP_KEYS = ("listen", "admin", "queue", "secrets", "defaults", "routes", "limits", "log")
+TOP_KEYS = ("listen", "admin", "queue", "secrets", "defaults", "routes", "limits", "log", "reload")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # env var -> (section, key); values are read as YAML scalars ("8080" -> 8080, "null" -> None).
@@ -123,7 +123,14 @@ def _build(
         log_level=_log_level(root.section("log", ("level",))),
         routes=routes,
         source=source,
+        secret_files=_secret_files(root.section("secrets", None), base_dir),
+        reload_poll_s=root.section("reload", ("poll_interval_s",)).number("poll_interval_s", 1.0),
     )
+
+
+def _secret_files(section: Section, base_dir: Path) -> tuple[Path, ...]:
+    entries = [v for v in section.raw.values() if isinstance(v, dict)]
+    return tuple(base_dir / str(e["file"]) for e in entries if isinstance(e.get("file"), str))
 
 
 def _address(section: Section, default_port: int) -> Address:
