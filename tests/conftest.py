@@ -20,7 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
-from hookshield.config import Config, parse_config
+from hookshield.config import Config, load_config
+from hookshield.runtime import STATE, State
 from hookshield.server import build_apps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,7 +75,10 @@ async def target() -> Any:
 
 
 def make_config(data: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None) -> Config:
-    return parse_config(yaml.safe_dump(data), base_dir=tmp_path, env=env or {})
+    """Write `data` as a config file in `tmp_path` and load it (so reloads can read it again)."""
+    path = tmp_path / "hookshield.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path, env=env or {})
 
 
 @pytest.fixture
@@ -116,20 +120,29 @@ class Stack:
 
     data: TestClient[web.Request, web.Application]
     admin: TestClient[web.Request, web.Application]
+    state: State
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> Any:
-    """Factory: `await stack(config_mapping, env=...)` -> a running `Stack`."""
+    """Factory: `await stack(config_mapping, env=...)`, or `await stack(path=config_file)`
+    -> a running `Stack`."""
     started: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(data: dict[str, Any], env: dict[str, str] | None = None) -> Stack:
-        app, admin = build_apps(make_config(data, tmp_path, env), grace_s=2.0)
+    async def start(
+        data: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        path: Path | None = None,
+    ) -> Stack:
+        config = (
+            load_config(path, env=env or {}) if path else make_config(data or {}, tmp_path, env)
+        )
+        app, admin = build_apps(config, grace_s=2.0)
         clients = [TestClient(TestServer(app)), TestClient(TestServer(admin))]
         for client in clients:
             await client.start_server()
             started.append(client)
-        return Stack(*clients)
+        return Stack(clients[0], clients[1], app[STATE])
 
     yield start
     for client in reversed(started):
