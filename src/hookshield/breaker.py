@@ -186,7 +186,8 @@ class _Window:
         self._buckets.clear()
 
 
-TransitionListener = Callable[[str, CircuitState, CircuitState], None]  # (target origin, from, to)
+# (target origin, from, to); called with from == to when a breaker is created
+TransitionListener = Callable[[str, CircuitState, CircuitState], None]
 
 
 class Breakers:
@@ -222,6 +223,7 @@ class Breakers:
             if listener is not None:
                 listener(origin, old, new)
 
+        notify(CircuitState.CLOSED, CircuitState.CLOSED)  # created: from == to
         return Breaker(self.config, clock=self._clock, on_transition=notify)
 
     def _evict(self) -> None:

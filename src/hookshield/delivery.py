@@ -16,15 +16,15 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
 
 from multidict import CIMultiDict
 
 from hookshield import logs, outcomes
+from hookshield.attempt import attempt
 from hookshield.config.models import RetryConfig
 from hookshield.errors import ProxyError
 from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
-from hookshield.runtime import RoutePlan, Runtime
+from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
 LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
@@ -67,13 +67,13 @@ class Deliverer:
     def __init__(
         self,
         store: DeliveryStore,
-        runtime: Callable[[], Runtime | None],
+        state: State,
         workers: int,
         lease_s: float = 60.0,
         per_target: int | None = None,
         poll_s: float = 0.05,
     ) -> None:
-        self.store, self._runtime, self.workers, self.lease_s = store, runtime, workers, lease_s
+        self.store, self.state, self.workers, self.lease_s = store, state, workers, lease_s
         self.per_target = per_target or max(1, workers // 2)
         self.poll_s = poll_s
         self._active: dict[asyncio.Task[None], Delivery] = {}
@@ -129,7 +129,7 @@ class Deliverer:
         self._wake.set()  # a worker is free
 
     async def _lease(self) -> list[Delivery]:
-        runtime = self._runtime()
+        runtime = self.state.runtime
         free = self.workers - len(self._active)
         if runtime is None or free <= 0:
             return []
@@ -153,13 +153,13 @@ class Deliverer:
             )
 
     async def _attempt(self, delivery: Delivery) -> None:
-        runtime = self._runtime()
+        runtime = self.state.runtime
         plan = runtime.plan(delivery.route) if runtime else None
         if plan is None or not plan.queues:
-            await self._bury(delivery, "route_removed", delivery.attempts)
+            await self._bury(delivery, "route_removed")
             return
         if self._by_origin.get(delivery.origin, 0) >= self.per_target:
-            await self.store.reschedule(delivery, time.time() + CAP_DEFER_S)
+            await self._defer(delivery, CAP_DEFER_S)
             return
         self._by_origin[delivery.origin] = self._by_origin.get(delivery.origin, 0) + 1
         try:
@@ -167,33 +167,31 @@ class Deliverer:
         finally:
             self._by_origin[delivery.origin] -= 1
 
+    async def _defer(self, delivery: Delivery, pause_s: float) -> None:
+        """Later again, without using up an attempt."""
+        await self.store.reschedule(delivery, time.time() + pause_s)
+        self.state.metrics.delivery(delivery.route, "deferred")
+
     async def _send(self, plan: RoutePlan, delivery: Delivery) -> None:
         breaker = plan.breakers.get(delivery.origin)
         ticket = breaker.acquire()
-        if ticket is None:  # deferred, not failed: no attempt is used up
-            await self.store.reschedule(delivery, time.time() + max(breaker.retry_after_s(), 0.1))
+        if ticket is None:
+            await self._defer(delivery, max(breaker.retry_after_s(), 0.1))
             return
-        attempt = delivery.attempts + 1
+        number = delivery.attempts + 1
+        headers = _headers(plan, delivery, number)
+        sending = send(
+            plan.session, delivery.method, delivery.url, headers, delivery.body, plan.timeout_s
+        )
         try:
-            answer = await send(plan.session, delivery.method, delivery.url, _headers(plan, delivery, attempt),
-                                delivery.body, plan.timeout_s)  # fmt: skip
+            answer = await attempt(self.state, plan, delivery.origin, breaker, ticket, sending)
         except ProxyError as exc:
-            kind = outcomes.of_error(exc)
-            if kind is None:
-                breaker.release(ticket)
-            else:
-                breaker.record(ticket, outcomes.trips_breaker(kind))
-            await self._settle(
-                plan,
-                delivery.after(attempts=attempt, last_status=None, last_error=exc.message),
-                kind,
-                None,
-            )
+            failed = delivery.after(attempts=number, last_status=None, last_error=exc.message)
+            await self._settle(plan, failed, outcomes.of_error(exc), None)
             return
         kind = outcomes.of_status(answer.status)
-        breaker.record(ticket, outcomes.trips_breaker(kind, plan.config.breaker.trip_on_429))
         error = None if kind is outcomes.Kind.SUCCESS else _describe(answer)
-        done = delivery.after(attempts=attempt, last_status=answer.status, last_error=error)
+        done = delivery.after(attempts=number, last_status=answer.status, last_error=error)
         await self._settle(
             plan, done, kind, retry_after_s(answer.headers.get("Retry-After"), time.time())
         )
@@ -203,21 +201,23 @@ class Deliverer:
     ) -> None:
         if kind is outcomes.Kind.SUCCESS:
             await self.store.complete(delivery)
+            self.state.metrics.delivery(delivery.route, "success")
             logs.event("delivered", route=delivery.route, delivery_id=delivery.id, attempt=delivery.attempts,
                        request_id=delivery.request_id)  # fmt: skip
         elif kind is None or not outcomes.retryable(kind):
-            await self._bury(delivery, kind.value if kind else "forbidden", delivery.attempts)
+            await self._bury(delivery, kind.value if kind else "forbidden")
         elif delivery.attempts >= plan.config.retry.max_attempts:
-            await self._bury(delivery, "exhausted", delivery.attempts)
+            await self._bury(delivery, "exhausted")
         else:
             pause = backoff_s(plan.config.retry, delivery.attempts, wait_s)
             await self.store.reschedule(delivery, time.time() + pause)
+            self.state.metrics.delivery(delivery.route, "retry")
 
-    async def _bury(self, delivery: Delivery, reason: str, attempts: int) -> None:
-        dead = delivery.after(reason=reason, failed_at=time.time(), attempts=attempts)
-        await self.store.bury(dead)
+    async def _bury(self, delivery: Delivery, reason: str) -> None:
+        await self.store.bury(delivery.after(reason=reason, failed_at=time.time()))
+        self.state.metrics.delivery(delivery.route, "dead_letter")
         logs.event("dead_lettered", logging.WARNING, route=delivery.route, delivery_id=delivery.id, reason=reason,
-                   attempts=attempts, last_status=delivery.last_status, request_id=delivery.request_id)  # fmt: skip
+                   attempts=delivery.attempts, last_status=delivery.last_status, request_id=delivery.request_id)  # fmt: skip
 
 
 def _headers(plan: RoutePlan, delivery: Delivery, attempt: int) -> CIMultiDict[str]:

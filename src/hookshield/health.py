@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
@@ -26,9 +27,11 @@ class HealthCheck:
         config: HealthCheckConfig,
         session: aiohttp.ClientSession,
         breaker: Breaker,
+        report_failures: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.route, self.url, self.config = route, url, config
         self.session, self.breaker = session, breaker
+        self.report_failures = report_failures  # consecutive failed probes, after each probe
         self.healthy = True
         self.failures = 0
         self.successes = 0
@@ -43,6 +46,10 @@ class HealthCheck:
             return False
 
     def observe(self, ok: bool) -> None:
+        self._judge(ok)
+        self.report_failures(self.failures)
+
+    def _judge(self, ok: bool) -> None:
         if ok:
             self.failures, self.successes = 0, self.successes + 1
             if not self.healthy and self.successes >= self.config.healthy_threshold:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from hookshield import logs, outcomes
+from hookshield import logs
+from hookshield.attempt import attempt
 from hookshield.breaker import Breaker
 from hookshield.errors import (
     OUTCOME_HEADER,
@@ -54,6 +55,7 @@ class Call:
     request_id: str
     deadline: float  # loop time by which the platform gets its answer
     state: State
+    target: str = "-"  # the target's metric label, once known
 
     def remaining_s(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -72,6 +74,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = state.runtime
     assert runtime is not None, "the data plane serves only after startup installed a runtime"
     plan: RoutePlan | None = None
+    call: Call | None = None
     try:
         path, _, query = request.raw_path.partition("?")
         plan, remainder = runtime.router.match(path, request.method)
@@ -83,7 +86,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response = exc.to_response(request_id)
     if plan is not None and plan.bucket is not None:
         response.headers.update(plan.bucket.headers())
-    _log(request, plan, response, request_id, started)
+    _observe(state, plan, call, request, response, request_id, started)
     return response
 
 
@@ -164,7 +167,8 @@ async def forward(plan: RoutePlan, call: Call) -> web.Response:
     header = plan.resolver.header
     header_value = call.request.headers.get(header) if header else None
     url, origin = plan.resolver.url(call.remainder, call.query, header_value)
-    answer = await attempts(plan, call, url, plan.breakers.get(origin))
+    call.target = plan.target_label(origin)
+    answer = await attempts(plan, call, url, origin, plan.breakers.get(origin))
     if answer.status >= 500 and not plan.config.pass_errors:
         raise UpstreamError(f"the target answered {answer.status}")
     headers = returned(answer.headers)
@@ -176,12 +180,14 @@ async def forward(plan: RoutePlan, call: Call) -> web.Response:
     return response
 
 
-async def attempts(plan: RoutePlan, call: Call, url: str, breaker: Breaker) -> UpstreamResponse:
+async def attempts(
+    plan: RoutePlan, call: Call, url: str, origin: str, breaker: Breaker
+) -> UpstreamResponse:
     """One attempt, and more while `retry.sync_attempts` and the deadline allow."""
     attempt = 1
     while True:
         try:
-            answer = await attempt_once(plan, call, url, breaker)
+            answer = await attempt_once(plan, call, url, origin, breaker)
         except UpstreamUnreachable:
             if not await _retry_pause(plan, call, attempt):
                 raise
@@ -204,26 +210,14 @@ async def _retry_pause(plan: RoutePlan, call: Call, attempt: int) -> bool:
     return True
 
 
-async def attempt_once(plan: RoutePlan, call: Call, url: str, breaker: Breaker) -> UpstreamResponse:
-    """One call to the target under its breaker, its result recorded there."""
+async def attempt_once(
+    plan: RoutePlan, call: Call, url: str, origin: str, breaker: Breaker
+) -> UpstreamResponse:
+    """One call to the target under its breaker, or 503 `CIRCUIT_OPEN` at once."""
     ticket = breaker.acquire()
     if ticket is None:
         raise CircuitOpen("the target's circuit is open", retry_after_s=breaker.retry_after_s())
-    try:
-        answer = await _send(plan, call, url)
-    except ProxyError as exc:
-        kind = outcomes.of_error(exc)
-        if kind is None:
-            breaker.release(ticket)
-        else:
-            breaker.record(ticket, outcomes.trips_breaker(kind))
-        raise
-    except BaseException:
-        breaker.release(ticket)  # cancelled: the platform went away, no verdict
-        raise
-    kind = outcomes.of_status(answer.status)
-    breaker.record(ticket, outcomes.trips_breaker(kind, plan.config.breaker.trip_on_429))
-    return answer
+    return await attempt(call.state, plan, origin, breaker, ticket, _send(plan, call, url))
 
 
 async def _send(plan: RoutePlan, call: Call, url: str) -> UpstreamResponse:
@@ -266,21 +260,34 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _log(
-    request: web.Request,
+_OUTCOME_METRIC = {"upstream": "success", "fallback": "fallback", "error": "error"}
+
+
+def _observe(
+    state: State,
     plan: RoutePlan | None,
+    call: Call | None,
+    request: web.Request,
     response: web.StreamResponse,
     request_id: str,
     started: float,
 ) -> None:
+    """The request's metrics (outcome, fallback reason) and its one log line."""
+    route = plan.config.name if plan else "-"
+    outcome = response.headers.get(OUTCOME_HEADER, "")
+    kind, _, reason = outcome.partition(":")
+    state.metrics.request(route, _OUTCOME_METRIC.get(kind, kind))
+    if kind == "fallback":
+        state.metrics.fallback(route, reason)
     logs.event(
         "request",
         logging.INFO,
-        route=plan.config.name if plan else "-",
+        route=route,
+        target=call.target if call else "-",
         method=request.method,
         path=request.path,
         status=response.status,
-        outcome=response.headers.get(OUTCOME_HEADER),
+        outcome=outcome,
         duration_ms=round((asyncio.get_running_loop().time() - started) * 1000, 2),
         request_id=request_id,
     )

@@ -17,17 +17,21 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from hookshield import logs
 from hookshield.breaker import Breakers, CircuitState, TransitionListener
-from hookshield.config.models import Config, DynamicTarget, RouteConfig
+from hookshield.config.models import Config, DynamicTarget, RouteConfig, StaticTarget
+from hookshield.config.routes import compile_host_globs
 from hookshield.fallback import Fallback
 from hookshield.headers import HeaderPolicy
 from hookshield.health import HealthCheck
 from hookshield.limits import Bulkhead, TokenBucket
+from hookshield.metrics import Metrics
 from hookshield.queue.base import DeliveryStore
 from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
+from hookshield.stats import Stats
 from hookshield.targets import Resolver, StaticResolver, resolver_for
 from hookshield.upstream import Upstream
 
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     config: RouteConfig
+    target_label: Callable[[str], str]  # target origin -> the bounded `target` metric label
     resolver: Resolver
     headers: HeaderPolicy
     signer: Signer | None
@@ -63,16 +68,35 @@ class RoutePlan:
         return self.config.mode == "async" or (fallback is not None and fallback.queue)
 
 
-def _log_transition(route: str) -> TransitionListener:
-    def log(origin: str, old: CircuitState, new: CircuitState) -> None:
-        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
-        logs.event("circuit", level, route=route, target=origin, old=old.name, new=new.name)
+def _on_transition(route: str, label: Callable[[str], str], metrics: Metrics) -> TransitionListener:
+    """Breaker changes go to the circuit metrics and, when the state really changed, the log."""
 
-    return log
+    def record(origin: str, old: CircuitState, new: CircuitState) -> None:
+        changed = old is not new
+        metrics.circuit(route, label(origin), new.value, new.name.lower() if changed else None)
+        if changed:
+            level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+            logs.event("circuit", level, route=route, target=origin, old=old.name, new=new.name)
+
+    return record
+
+
+def target_labeler(target: StaticTarget | DynamicTarget) -> Callable[[str], str]:
+    """Static: the target's origin. Dynamic: the `allow_hosts` glob the host matched, or `other`."""
+    if isinstance(target, StaticTarget):
+        origin = str(target.url.origin())
+        return lambda _origin: origin
+    globs = [(glob, compile_host_globs([glob])) for glob in target.allow_hosts]
+
+    def label(origin: str) -> str:
+        host = URL(origin).host or ""
+        return next((glob for glob, pattern in globs if pattern.fullmatch(host)), "other")
+
+    return label
 
 
 def build_plan(
-    route: RouteConfig, upstream: Upstream, previous: RoutePlan | None = None
+    route: RouteConfig, upstream: Upstream, metrics: Metrics, previous: RoutePlan | None = None
 ) -> RoutePlan:
     """A route's plan. From `previous` (the same route in the runtime being replaced) the live
     breakers, rate-limit bucket, bulkhead and fallback cache are kept when their settings did
@@ -83,14 +107,16 @@ def build_plan(
         if isinstance(target, DynamicTarget)
         else upstream.shared()
     )
+    label = target_labeler(target)
     plan = RoutePlan(
         config=route,
+        target_label=label,
         resolver=resolver_for(target),
         headers=HeaderPolicy(route.headers),
         signer=build_signer(route.signing) if route.signing else None,
         session=session,
         timeout_s=route.timeout_ms / 1000.0,
-        breakers=Breakers(route.breaker, _log_transition(route.name)),
+        breakers=Breakers(route.breaker, _on_transition(route.name, label, metrics)),
         bucket=TokenBucket(route.rate_limit) if route.rate_limit else None,
         bulkhead=Bulkhead(route.max_concurrent) if route.max_concurrent else None,
         fallback=Fallback(route.fallback) if route.fallback else None,
@@ -115,13 +141,14 @@ def _carry_over(plan: RoutePlan, previous: RoutePlan) -> RoutePlan:
     return replace(plan, **kept)
 
 
-def _health_check(plan: RoutePlan) -> HealthCheck | None:
+def _health_check(plan: RoutePlan, metrics: Metrics) -> HealthCheck | None:
     config, resolver = plan.config.health_check, plan.resolver
     if config is None or not isinstance(resolver, StaticResolver):
         return None
     breaker = plan.breakers.get(resolver.origin)
+    failures = metrics.health_failures.labels(plan.config.name, resolver.origin)
     url = resolver.origin + config.path
-    return HealthCheck(plan.config.name, url, config, plan.session, breaker)
+    return HealthCheck(plan.config.name, url, config, plan.session, breaker, failures.set)
 
 
 @dataclass(slots=True)
@@ -153,12 +180,16 @@ class Runtime:
 
 
 def build_runtime(
-    config: Config, upstream: Upstream, generation: int, previous: Runtime | None = None
+    config: Config,
+    upstream: Upstream,
+    metrics: Metrics,
+    generation: int,
+    previous: Runtime | None = None,
 ) -> Runtime:
     """A runtime for `config`, carrying over the live state of unchanged routes of `previous`."""
     old = previous.plan if previous else (lambda name: None)
-    plans = tuple(build_plan(route, upstream, old(route.name)) for route in config.routes)
-    checks = tuple(c for c in (_health_check(p) for p in plans) if c is not None)
+    plans = tuple(build_plan(route, upstream, metrics, old(route.name)) for route in config.routes)
+    checks = tuple(c for c in (_health_check(p, metrics) for p in plans) if c is not None)
     return Runtime(generation, config, Router(plans), plans, checks)
 
 
@@ -169,6 +200,8 @@ class State:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics = Metrics(enabled=config.metrics_enabled)
+        self.stats = Stats()
         self.upstream = Upstream()
         self.runtime: Runtime | None = None
         self.store: DeliveryStore | None = None
@@ -180,10 +213,20 @@ class State:
 
         The caller stops the previous runtime's background tasks."""
         generation = self.runtime.generation + 1 if self.runtime else 1
-        runtime = build_runtime(config, self.upstream, generation, self.runtime)
+        runtime = build_runtime(config, self.upstream, self.metrics, generation, self.runtime)
         runtime.start()
         self.runtime, self.config = runtime, config
+        self.metrics.generation.set(generation)
+        for route in config.routes:
+            self.metrics.route_timeout.labels(route.name).set(route.timeout_ms / 1000)
         return runtime
+
+    def record_attempt(self, plan: RoutePlan, origin: str, result: str, seconds: float) -> None:
+        """One attempt to a target: into the metrics and the recent-window statistics."""
+        if self.metrics.enabled:
+            label = plan.target_label(origin)
+            self.metrics.attempt(plan.config.name, label, result, seconds)
+            self.stats.add(plan.config.name, label, result, seconds)
 
 
 STATE = web.AppKey("hookshield.state", State)

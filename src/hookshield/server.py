@@ -34,7 +34,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     runtime = state.install(state.config)
     logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
     queue = state.config.queue
-    deliverer = Deliverer(state.store, lambda: state.runtime, queue.workers, queue.lease_s)
+    deliverer = Deliverer(state.store, state, queue.workers, queue.lease_s)
     deliverer.start()
     state.wake_deliverer = deliverer.wake
     state.reloader = Reloader(state)

@@ -160,3 +160,4 @@ class Config:
     source: Path | None = None
     secret_files: tuple[Path, ...] = ()  # re-read on reload; a change to one triggers a reload
     reload_poll_s: float = 1.0
+    metrics_enabled: bool = True

@@ -19,7 +19,18 @@ from hookshield.config.policies import POLICY_KEYS, Policies, parse_policies
 from hookshield.config.reader import Problems, Section, describe, join
 from hookshield.config.routes import check_unique, parse_route
 
-TOP_KEYS = ("listen", "admin", "queue", "secrets", "defaults", "routes", "limits", "log", "reload")
+TOP_KEYS = (
+    "listen",
+    "admin",
+    "queue",
+    "secrets",
+    "defaults",
+    "routes",
+    "limits",
+    "log",
+    "reload",
+    "metrics",
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # env var -> (section, key); values are read as YAML scalars ("8080" -> 8080, "null" -> None).
@@ -125,6 +136,7 @@ def _build(
         source=source,
         secret_files=_secret_files(root.section("secrets", None), base_dir),
         reload_poll_s=root.section("reload", ("poll_interval_s",)).number("poll_interval_s", 1.0),
+        metrics_enabled=root.section("metrics", ("enabled",)).boolean("enabled", True),
     )
 
 
