@@ -1,4 +1,5 @@
-"""The admin plane on its own listener (SPEC §6): probes, dead-letter queue, breaker reset.
+"""The admin plane on its own listener (SPEC §6): probes, metrics, status, dead letters,
+breaker reset, reload.
 
 `/admin/*` needs `Authorization: Bearer <token>` when `admin.token_env` names a set
 variable (401 otherwise, constant-time compare); `/healthz` and `/readyz` stay open.
@@ -13,16 +14,20 @@ import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from hookshield.metrics import CONTENT_TYPE
 from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
 from hookshield.runtime import STATE, State
+from hookshield.status import document
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READY_PING_TIMEOUT_S = 1.0
+STATUS_PAGE = (resources.files("hookshield") / "status_page.html").read_bytes()
 
 
 def _problem(status: int, code: str, message: str) -> web.Response:
@@ -32,6 +37,34 @@ def _problem(status: int, code: str, message: str) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
+
+
+async def _sizes(state: State) -> dict[str, tuple[int, int]] | None:
+    """Queue depth and DLQ size per route (also pushed into the gauges); None if the store is down."""
+    if state.store is None:
+        return None
+    try:
+        async with asyncio.timeout(READY_PING_TIMEOUT_S):
+            sizes = await state.store.sizes()
+    except (StoreUnavailable, TimeoutError):
+        return None
+    state.metrics.sizes(sizes, [route.name for route in state.config.routes])
+    return sizes
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await _sizes(state)
+    return web.Response(body=state.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(document(state, await _sizes(state)))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return web.Response(body=STATUS_PAGE, content_type="text/html", charset="utf-8")
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -158,6 +191,9 @@ def build_admin_app(state: State) -> web.Application:
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    app.router.add_get("/", status_page)
     app.router.add_get("/admin/dlq", dlq_list)
     app.router.add_post("/admin/dlq/replay", dlq_replay_route)
     app.router.add_get("/admin/dlq/{id}", dlq_show)

@@ -72,6 +72,7 @@ class Reloader:
             if old is not None:
                 await old.stop()
             self.counts["success"] += 1
+            self.state.metrics.reloads.labels("success").inc()
             logs.event(
                 "config_reloaded",
                 trigger=trigger,
@@ -82,6 +83,7 @@ class Reloader:
 
     def _failed(self, trigger: str, problems: list[str]) -> ReloadResult:
         self.counts["failure"] += 1
+        self.state.metrics.reloads.labels("failure").inc()
         logs.event("config_reload_failed", logging.ERROR, trigger=trigger, problems=problems)
         generation = self.state.runtime.generation if self.state.runtime else 0
         return ReloadResult(False, generation, tuple(problems))
