@@ -35,14 +35,13 @@ class Sequence:
     """A target answering 200, 200, 200, 500, then slowly (a timeout), as asked."""
 
     def __init__(self) -> None:
-        self.answers = [200, 200, 200, 500, "slow"]
+        self.answers: list[int | None] = [200, 200, 200, 500, None]  # None: too slow
 
     async def __call__(self, request: web.Request) -> web.Response:
         answer = self.answers.pop(0) if self.answers else 200
-        if answer == "slow":
+        if answer is None:
             await asyncio.sleep(1)
-            answer = 200
-        return web.Response(status=int(answer), text="x")
+        return web.Response(status=answer or 200, text="x")
 
 
 async def known_sequence(stack: Any, target: Any) -> tuple[Stack, Target, Target]:
@@ -108,8 +107,8 @@ async def test_exposition_passes_promtool(stack: Any, target: Any) -> None:
     """`promtool check metrics` accepts the exposition (names, help, units, types)."""
     hs, _, _ = await known_sequence(stack, target)
     text = await (await hs.admin.get("/metrics")).text()
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    result = await asyncio.to_thread(
+        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -187,5 +186,5 @@ async def test_status_page_in_chromium_shows_failing_and_healthy(
         assert await page.locator("#tile-failing b").inner_text() == "1"
         shot = Path(os.environ.get("HOOKSHIELD_SCREENSHOT", tmp_path / "status-page.png"))
         await page.screenshot(path=str(shot), full_page=True)
-        assert shot.stat().st_size > 10_000
+        assert (await asyncio.to_thread(shot.stat)).st_size > 10_000
         await browser.close()
