@@ -26,14 +26,18 @@ from bench.load import Result, run, run_open
 from bench.procs import free_port, pin_self, pinned, wait_http
 
 
-def _config(target_port: int, listen: int, admin: int, workdir: Path) -> dict[str, object]:
+def _config(
+    target_port: int, listen: int, admin: int, workdir: Path, observed: bool = True
+) -> dict[str, object]:
+    """The bench config; `observed=False` turns metrics off and request logs down (to WARNING)."""
     secret_file = workdir / "bench.secret"
     secret_file.write_text("bench-secret")
     return {
         "listen": {"port": listen},
         "admin": {"port": admin},
-        "log": {"level": "INFO"},
-        "queue": {"sqlite_path": str(workdir / "queue.db")},
+        "log": {"level": "INFO" if observed else "WARNING"},
+        "metrics": {"enabled": observed},
+        "queue": {"sqlite_path": str(workdir / ("queue.db" if observed else "queue-bare.db"))},
         "secrets": {"bench": {"file": str(secret_file)}},
         "routes": [
             {
@@ -64,20 +68,25 @@ def _quiet(command: list[str]) -> subprocess.Popen[bytes]:
 
 @contextmanager
 def processes(workdir: Path) -> Iterator[dict[str, str]]:
-    """Start the target and hookshield; yield the URL of each path to measure."""
-    target, listen, admin = free_port(), free_port(), free_port()
-    config = workdir / "bench.yaml"
-    config.write_text(yaml.safe_dump(_config(target, listen, admin, workdir)))
-    started = [
-        _quiet(pinned(1, [sys.executable, "-m", "bench.target", str(target)])),
-        _quiet(pinned(0, [sys.executable, "-m", "hookshield", "run", "--config", str(config)])),
+    """Start the target and two hookshields (observed, and bare: no metrics, no request logs,
+    idle while the other is measured); yield the URL of each path to measure."""
+    target, listen, admin, bare, bare_admin = (free_port() for _ in range(5))
+    configs = [workdir / "bench.yaml", workdir / "bench-bare.yaml"]
+    configs[0].write_text(yaml.safe_dump(_config(target, listen, admin, workdir)))
+    configs[1].write_text(
+        yaml.safe_dump(_config(target, bare, bare_admin, workdir, observed=False))
+    )
+    started = [_quiet(pinned(1, [sys.executable, "-m", "bench.target", str(target)]))] + [
+        _quiet(pinned(0, [sys.executable, "-m", "hookshield", "run", "--config", str(c)]))
+        for c in configs
     ]
     try:
-        wait_http(f"http://127.0.0.1:{admin}/readyz")
-        wait_http(f"http://127.0.0.1:{target}/")
+        for port in (admin, bare_admin, target):
+            wait_http(f"http://127.0.0.1:{port}/{'' if port == target else 'readyz'}")
         yield {
             "direct": f"http://127.0.0.1:{target}/api/hook",
             "hookshield": f"http://127.0.0.1:{listen}/hook",
+            "bare": f"http://127.0.0.1:{bare}/hook",
             "async 202": f"http://127.0.0.1:{listen}/async",
         }
     finally:
@@ -140,6 +149,9 @@ def report(all_results: Rounds, args: argparse.Namespace) -> None:
     print(f"throughput ratio hookshield/direct: {h.throughput / d.throughput:.2f}")
     print(f"added latency: p50 {h.p50_ms - d.p50_ms:+.2f} ms, p99 {h.p99_ms - d.p99_ms:+.2f} ms")
     print(f"async 202 (durable write, group commit): {med['async 202'].throughput:,.0f} accepted/s")
+    bare = med["bare"]
+    print(f"metrics + request logs: hookshield/bare throughput {h.throughput / bare.throughput:.2f}, "
+          f"{(1 / h.throughput - 1 / bare.throughput) * 1e6:+.0f} us per request")  # fmt: skip
     report_open(all_results["open"], args)
 
 

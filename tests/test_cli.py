@@ -97,7 +97,7 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_secret_never_logged_while_serving(tmp_path: Path, target: Any) -> None:
-    """A canary signing secret and Authorization value appear in no output line."""
+    """A canary signing secret and Authorization value appear in no log line, metric or error body."""
     app: Target = await target()
     listen, admin = free_port(), free_port()
     config = {
@@ -123,6 +123,15 @@ async def test_secret_never_logged_while_serving(tmp_path: Path, target: Any) ->
             async with session.post(url, data=b"{}", headers=headers) as resp:
                 assert resp.status == 200
                 assert CANARY not in await resp.text()
+            async with session.post(
+                f"{url}/x", headers={**headers, "X-Timeout-Ms": CANARY}
+            ) as resp:
+                assert resp.status == 400  # an error body that echoes the bad value
+                assert CANARY not in await resp.text()
+            async with session.get(f"http://127.0.0.1:{admin}/metrics") as resp:
+                exposition = await resp.text()
+                assert 'hookshield_requests_total{outcome="success",route="s"} 1.0' in exposition
+                assert CANARY not in exposition
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = await process.communicate()
