@@ -22,9 +22,11 @@ def _free(port: int) -> bool:
 
 
 def free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
+    """A free port whose cluster bus port (port + 10000) is free too, both below Linux's
+    ephemeral range (32768 and up), so no outgoing connection can take the port of a Redis
+    the test killed and restarts."""
     while True:
-        port = random.randint(20000, 50000)
+        port = random.randint(12000, 22000)
         if _free(port) and _free(port + 10000):
             return port
 

@@ -2,9 +2,9 @@
 
 All SQLite work runs on one dedicated thread (never on the event loop), each change in one
 `BEGIN IMMEDIATE` transaction, with `synchronous=FULL` so an acknowledged enqueue survives
-a crash of the process or the machine. Enqueues are group-committed: those that arrive
-while a commit is under way share the next transaction (one fsync), and each caller is
-answered only after that transaction committed. Due and leased deliveries share one table; `due_at`
+a crash of the process or the machine. Writes are group-committed: those that arrive while
+a commit is under way share the next transaction (one fsync), each in its own savepoint,
+and each caller is answered only after that transaction committed. Due and leased deliveries share one table; `due_at`
 is the due time of a due delivery and the lease deadline of a leased one.
 """
 
@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hookshield.queue.base import DEDUPE_TTL_S, Delivery, StoreUnavailable
 
 T = TypeVar("T")
-_Enqueue = tuple[Delivery, str | None, float, "asyncio.Future[tuple[str, bool]]"]
+_Pending = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -55,8 +55,9 @@ class SqliteStore:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookshield-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[_Enqueue] = []
+        self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
+        self._commits: set[asyncio.Future[None]] = set()
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -89,38 +90,64 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
 
-    async def enqueue(
-        self, delivery: Delivery, dedupe_key: str | None, due_at: float
-    ) -> tuple[str, bool]:
-        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in the next group commit; answered once that transaction committed.
+
+        The first caller of a batch starts its commit, shielded so that cancelling that
+        caller cannot leave the others of the batch unanswered."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._pending_lock:
-            self._pending.append((delivery, dedupe_key, due_at, answer))
+            self._pending.append((work, answer))
             leader = len(self._pending) == 1
-        if leader:  # the first of a batch drives its commit; the others only wait
-            await self._commit_pending()
-        return await answer
+        if leader:
+            commit = asyncio.ensure_future(self._commit_pending())
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
+        return cast(T, await answer)
 
     async def _commit_pending(self) -> None:
         loop = asyncio.get_running_loop()
-        batch, outcome = await loop.run_in_executor(self._thread, self._call_batch)
-        for (*_, answer), result in zip(batch, outcome or [], strict=False):
-            answer.set_result(result)
-        if outcome is None:
-            for *_, answer in batch:
-                answer.set_exception(StoreUnavailable(f"sqlite {self.path}: enqueue not committed"))
+        batch, results, failure = await loop.run_in_executor(self._thread, self._commit_batch)
+        for (_, answer), (value, error) in zip(batch, results, strict=False):
+            if error is not None:
+                answer.set_exception(StoreUnavailable(f"sqlite {self.path}: {error}"))
+            else:
+                answer.set_result(value)
+        if failure is not None:
+            for _, answer in batch:
+                answer.set_exception(StoreUnavailable(f"sqlite {self.path}: {failure}"))
 
-    def _call_batch(self) -> tuple[list[_Enqueue], list[tuple[str, bool]] | None]:
-        """On the SQLite thread: take every pending enqueue, commit them as one transaction."""
+    def _commit_batch(
+        self,
+    ) -> tuple[list[_Pending], list[tuple[Any, Exception | None]], Exception | None]:
+        """On the SQLite thread: every pending write in one transaction, each in a savepoint
+        so that one failing write does not undo the others."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
         try:
-            return batch, self._call(lambda db: self._insert_all(db, batch))
-        except sqlite3.Error:
-            return batch, None
+            return batch, self._call(lambda db: self._apply(db, batch)), None
+        except sqlite3.Error as exc:
+            return batch, [], exc
 
-    def _insert_all(self, db: sqlite3.Connection, batch: list[_Enqueue]) -> list[tuple[str, bool]]:
+    def _apply(
+        self, db: sqlite3.Connection, batch: list[_Pending]
+    ) -> list[tuple[Any, Exception | None]]:
+        results: list[tuple[Any, Exception | None]] = []
         with self._tx(db):
-            return [self._insert(db, delivery, key, due_at) for delivery, key, due_at, _ in batch]
+            for work, _ in batch:
+                db.execute("SAVEPOINT write")
+                try:
+                    results.append((work(db), None))
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO write")
+                    results.append((None, exc))
+                db.execute("RELEASE write")
+        return results
+
+    async def enqueue(
+        self, delivery: Delivery, dedupe_key: str | None, due_at: float
+    ) -> tuple[str, bool]:
+        return await self._write(lambda db: self._insert(db, delivery, dedupe_key, due_at))
 
     @staticmethod
     def _insert(
@@ -146,23 +173,22 @@ class SqliteStore:
 
     async def lease(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
-            with self._tx(db):
-                db.execute(_PURGE_DEDUPE, (now,))
-                rows = db.execute(
-                    "SELECT id, meta, body FROM deliveries WHERE dead=0 AND due_at<=? ORDER BY due_at LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-                leased = []
-                for delivery_id, meta, body in rows:
-                    token = uuid.uuid4().hex
-                    db.execute(
-                        "UPDATE deliveries SET due_at=?, lease=? WHERE id=?",
-                        (now + lease_s, token, delivery_id),
-                    )
-                    leased.append(Delivery.load(meta, body, token))
-                return leased
+            db.execute(_PURGE_DEDUPE, (now,))
+            rows = db.execute(
+                "SELECT id, meta, body FROM deliveries WHERE dead=0 AND due_at<=? ORDER BY due_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            leased = []
+            for delivery_id, meta, body in rows:
+                token = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE deliveries SET due_at=?, lease=? WHERE id=?",
+                    (now + lease_s, token, delivery_id),
+                )
+                leased.append(Delivery.load(meta, body, token))
+            return leased
 
-        return await self._run(work)
+        return await self._write(work)
 
     def _held(
         self, delivery: Delivery, sql: str, params: tuple[Any, ...]
@@ -170,37 +196,33 @@ class SqliteStore:
         """A change that applies only while `delivery`'s lease is still the current one."""
 
         def work(db: sqlite3.Connection) -> bool:
-            with self._tx(db):
-                cursor = db.execute(
-                    f"{sql} WHERE id=? AND lease=? AND dead=0",
-                    (*params, delivery.id, delivery.lease),
-                )
-                return cursor.rowcount == 1
+            cursor = db.execute(
+                f"{sql} WHERE id=? AND lease=? AND dead=0", (*params, delivery.id, delivery.lease)
+            )
+            return cursor.rowcount == 1
 
         return work
 
     async def complete(self, delivery: Delivery) -> bool:
-        return await self._run(self._held(delivery, "DELETE FROM deliveries", ()))
+        return await self._write(self._held(delivery, "DELETE FROM deliveries", ()))
 
     async def reschedule(self, delivery: Delivery, due_at: float) -> bool:
         sql = "UPDATE deliveries SET meta=?, due_at=?, lease=''"
-        return await self._run(self._held(delivery, sql, (delivery.meta(), due_at)))
+        return await self._write(self._held(delivery, sql, (delivery.meta(), due_at)))
 
     async def bury(self, delivery: Delivery) -> bool:
         sql = "UPDATE deliveries SET meta=?, dead=1, due_at=?, lease=''"
-        return await self._run(
-            self._held(delivery, sql, (delivery.meta(), delivery.failed_at or 0.0))
-        )
+        params = (delivery.meta(), delivery.failed_at or 0.0)
+        return await self._write(self._held(delivery, sql, params))
 
     async def release(self, deliveries: list[Delivery], now: float) -> None:
         def work(db: sqlite3.Connection) -> None:
-            with self._tx(db):
-                db.executemany(
-                    "UPDATE deliveries SET due_at=?, lease='' WHERE id=? AND lease=? AND dead=0",
-                    [(now, d.id, d.lease) for d in deliveries],
-                )
+            db.executemany(
+                "UPDATE deliveries SET due_at=?, lease='' WHERE id=? AND lease=? AND dead=0",
+                [(now, d.id, d.lease) for d in deliveries],
+            )
 
-        await self._run(work)
+        await self._write(work)
 
     async def dead_letters(self, route: str | None, limit: int) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
