@@ -15,9 +15,9 @@ import yaml
 from hookshield.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy" / "prometheus" / "hookshield-rules.yaml"
+RULES = ROOT / "helm" / "hookshield" / "files" / "hookshield-rules.yaml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "hookshield-rules-test.yaml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "hookshield-dashboard.json"
+DASHBOARD = ROOT / "helm" / "hookshield" / "files" / "hookshield-dashboard.json"
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool is not installed"
 )
