@@ -8,6 +8,7 @@ holding header values.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -24,6 +25,7 @@ _SENSITIVE_WORDS = ("secret", "token", "password")
 logger = logging.getLogger("hookshield")
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_sensitive(key: str) -> bool:
     lower = key.lower()
     return lower in _SENSITIVE or any(word in lower for word in _SENSITIVE_WORDS)
@@ -32,10 +34,16 @@ def _is_sensitive(key: str) -> bool:
 def redact(value: Any) -> Any:
     """A copy of `value` with the values of sensitive keys replaced, at any depth."""
     if isinstance(value, Mapping):
-        return {k: REDACTED if _is_sensitive(str(k)) else redact(v) for k, v in value.items()}
+        return {
+            k: REDACTED if _is_sensitive(str(k)) else v if type(v) in _PLAIN else redact(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return [v if type(v) in _PLAIN else redact(v) for v in value]
     return value
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # nothing inside to redact
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,6 +61,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "INFO") -> None:
+    # Python's logging "Optimization" advice: no caller lookup, no thread or process fields.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
