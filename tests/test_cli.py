@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import aiohttp
 import yaml
 
 from tests.conftest import Target, free_port
+from tests.processes import Hookshield
 
 CANARY = "canary-secret-7f3a9c"
 
@@ -99,10 +99,7 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 async def test_secret_never_logged_while_serving(tmp_path: Path, target: Any) -> None:
     """A canary signing secret and Authorization value appear in no log line, metric or error body."""
     app: Target = await target()
-    listen, admin = free_port(), free_port()
     config = {
-        "listen": {"port": listen},
-        "admin": {"port": admin},
         "log": {"level": "DEBUG"},
         "secrets": {"s": {"env": "CANARY_SECRET"}},
         "routes": [
@@ -110,50 +107,25 @@ async def test_secret_never_logged_while_serving(tmp_path: Path, target: Any) ->
              "signing": {"scheme": "hmac-sha256", "secret": "s"}},
         ],
     }  # fmt: skip
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hookshield", "run", "--config", str(write(tmp_path, config)),
-        env={**os.environ, "CANARY_SECRET": CANARY},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, f"http://127.0.0.1:{admin}/readyz")
-            url = f"http://127.0.0.1:{listen}/s"
-            headers = {"Authorization": f"Bearer {CANARY}"}
-            async with session.post(url, data=b"{}", headers=headers) as resp:
-                assert resp.status == 200
-                assert CANARY not in await resp.text()
-            async with session.post(
-                f"{url}/x", headers={**headers, "X-Timeout-Ms": CANARY}
-            ) as resp:
-                assert resp.status == 400  # an error body that echoes the bad value
-                assert CANARY not in await resp.text()
-            async with session.get(f"http://127.0.0.1:{admin}/metrics") as resp:
-                exposition = await resp.text()
-                assert 'hookshield_requests_total{outcome="success",route="s"} 1.0' in exposition
-                assert CANARY not in exposition
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = await process.communicate()
-    assert process.returncode == 0
-    text = output.decode()
-    assert '"event": "request"' in text
-    assert CANARY not in text
+    hs = await Hookshield(tmp_path, config).start(env={"CANARY_SECRET": CANARY})
+    headers = {"Authorization": f"Bearer {CANARY}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{hs.url}/s", data=b"{}", headers=headers) as resp:
+            assert resp.status == 200
+            assert CANARY not in await resp.text()
+        async with session.post(
+            f"{hs.url}/s/x", headers={**headers, "X-Timeout-Ms": CANARY}
+        ) as resp:
+            assert resp.status == 400  # an error about the header does not echo its value
+            assert CANARY not in await resp.text()
+        async with session.get(f"{hs.admin_url}/metrics") as resp:
+            exposition = await resp.text()
+            assert 'hookshield_requests_total{outcome="success",route="s"} 1.0' in exposition
+            assert CANARY not in exposition
+    assert await hs.stop() == 0
+    assert '"event": "request"' in hs.log()
+    assert CANARY not in hs.log()
     assert app.seen[0].headers["Authorization"] == f"Bearer {CANARY}"  # forwarded, not logged
-
-
-async def _probe(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(url) as resp:
-            return resp.status == 200
-    except aiohttp.ClientConnectionError:
-        return False
-
-
-async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
-    async with asyncio.timeout(15):
-        while not await _probe(session, url):  # noqa: ASYNC110 - polling another process
-            await asyncio.sleep(0.05)
 
 
 async def test_dlq_verbs_drive_the_admin_api(stack: Any, target: Any) -> None:
