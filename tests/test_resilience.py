@@ -253,3 +253,19 @@ async def test_fallback_reasons_for_limits_and_unreachable(proxy: Any, target: A
     down = await client.post("/down")
     assert (down.status, await down.text()) == (202, "later")
     assert down.headers["X-Hookshield-Outcome"] == "fallback:upstream_unreachable"
+
+
+async def test_admin_breaker_reset_closes_the_route_breakers(stack: Any, target: Any) -> None:
+    """POST /admin/breakers/{route}/reset closes an open breaker; unknown routes are 404."""
+    switch = Switch(500)
+    app = await target(switch)
+    hs = await stack(
+        {"routes": [route(app.url, breaker={"failure_threshold": 1, "recovery_timeout_s": 60})]}
+    )
+    await post(hs.data)
+    assert (await post(hs.data))[1]["code"] == "CIRCUIT_OPEN"
+    resp = await hs.admin.post("/admin/breakers/hook/reset")
+    assert (resp.status, (await resp.json())["reset"]) == (200, 1)
+    switch.status = 200
+    assert (await post(hs.data))[0] == 200
+    assert (await hs.admin.post("/admin/breakers/nope/reset")).status == 404
