@@ -23,11 +23,17 @@ import uvloop
 import yaml
 
 from bench.load import Result, run, run_open
+from bench.peers import Nginx, WrkResult, nginx, wrk_rows
 from bench.procs import free_port, pin_self, pinned, wait_http
 
 
 def _config(
-    target_port: int, listen: int, admin: int, workdir: Path, observed: bool = True
+    target_port: int,
+    listen: int,
+    admin: int,
+    workdir: Path,
+    observed: bool = True,
+    fast: int | None = None,
 ) -> dict[str, object]:
     """The bench config; `observed=False` turns metrics off and request logs down (to WARNING)."""
     secret_file = workdir / "bench.secret"
@@ -52,6 +58,17 @@ def _config(
                 "signing": {"scheme": "hmac-sha256", "secret": "bench"},
             },
             {
+                "name": "bench-fast",
+                "match": {"path_prefix": "/fast", "methods": ["POST"]},
+                "target": f"http://127.0.0.1:{fast or target_port}/api/hook",
+                "timeout_ms": 5000,
+                "headers": {
+                    "add": {"X-Platform-Id": "bench", "X-Env": "local"},
+                    "remove": ["Cookie"],
+                },
+                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
+            },
+            {
                 "name": "bench-async",
                 "match": {"path_prefix": "/async", "methods": ["POST"]},
                 "target": f"http://127.0.0.1:{target_port}/api/hook",
@@ -67,7 +84,7 @@ def _quiet(command: list[str]) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def processes(workdir: Path) -> Iterator[dict[str, str]]:
+def processes(workdir: Path, fast: int | None) -> Iterator[dict[str, str]]:
     """Start the target and two hookshields (observed, and bare: no metrics, no request logs,
     idle while the other is measured); yield the URL of each path to measure."""
     target, listen, admin, bare, bare_admin = (free_port() for _ in range(5))
@@ -88,6 +105,8 @@ def processes(workdir: Path) -> Iterator[dict[str, str]]:
             "hookshield": f"http://127.0.0.1:{listen}/hook",
             "bare": f"http://127.0.0.1:{bare}/hook",
             "async 202": f"http://127.0.0.1:{listen}/async",
+            "hookshield fast": f"http://127.0.0.1:{listen}/fast",
+            "bare fast": f"http://127.0.0.1:{bare}/fast",
         }
     finally:
         for process in started:
@@ -177,6 +196,43 @@ def _median(results: list[Result]) -> Result:
     )
 
 
+def measure_peers(
+    urls: dict[str, str],
+    fast: dict[str, str],
+    peer: Nginx | None,
+    workdir: Path,
+    args: argparse.Namespace,
+) -> dict[str, list[WrkResult]]:
+    """wrk rows: with nginx, its static target direct, nginx and hookshield in front of it;
+    else the Python target direct and hookshield in front of it."""
+    if peer is not None:
+        paths = {"direct": peer.target_url, "nginx": peer.proxy_url,
+                 "hookshield": fast["hookshield fast"], "bare": fast["bare fast"]}  # fmt: skip
+    else:
+        paths = {name: urls[name] for name in ("direct", "hookshield", "bare")}
+    return wrk_rows(paths, workdir, args.rounds, args.wrk_seconds)
+
+
+def report_peers(peers: dict[str, list[WrkResult]], args: argparse.Namespace) -> None:
+    if not peers:
+        print("\nwrk: not installed (Debian package wrk); the wrk rows are skipped")
+        return
+    print(f"\nwrk: {args.wrk_seconds} s x {args.rounds} rounds, 32 connections, 1 thread on core 1")
+    print(f"{'path':<12}{'req/s (median)':>16}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    med = {name: statistics.median(r.throughput for r in rs) for name, rs in peers.items()}
+    for name, rs in peers.items():
+        p50 = statistics.median(r.p50_ms for r in rs)
+        p99 = statistics.median(r.p99_ms for r in rs)
+        print(f"{name:<12}{med[name]:>16,.0f}{p50:>9.2f}{p99:>9.2f}{sum(r.errors for r in rs):>8}")
+    if "nginx" not in med:
+        print("nginx: not installed (Debian package nginx); its row is skipped")
+    for name in ("hookshield", "bare"):
+        ratios = [
+            f"{med[name] / med[peer]:.2f} x {peer}" for peer in ("nginx", "direct") if peer in med
+        ]
+        print(f"{name}: {', '.join(ratios)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--requests", type=int, default=5000, help="requests per round")
@@ -188,15 +244,25 @@ def main() -> int:
     parser.add_argument(
         "--open-requests", type=int, default=1000, help="open-loop requests per round"
     )
+    parser.add_argument(
+        "--wrk-seconds", type=int, default=10, help="duration of each wrk measurement"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 500 requests, 1 round")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.open_requests, args.rounds = 500, 500, 1
-    with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as urls:
+        args.requests, args.open_requests, args.rounds, args.wrk_seconds = 500, 500, 1, 3
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        nginx(Path(tmp)) as peer,
+        processes(Path(tmp), peer.target_port if peer else None) as urls,
+    ):
         args.queue_db = Path(tmp) / "queue.db"
         pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
+        fast = {k: urls.pop(k) for k in ("hookshield fast", "bare fast")}
         results = uvloop.run(rounds(urls, args))
+        peers = measure_peers(urls, fast, peer, Path(tmp), args)
     report(results, args)
+    report_peers(peers, args)
     failed = any(r.errors for kind in results.values() for rs in kind.values() for r in rs)
     return 1 if failed else 0
 
