@@ -46,36 +46,23 @@ def _config(
         "queue": {"sqlite_path": str(workdir / ("queue.db" if observed else "queue-bare.db"))},
         "secrets": {"bench": {"file": str(secret_file)}},
         "routes": [
-            {
-                "name": "bench",
-                "match": {"path_prefix": "/hook", "methods": ["POST"]},
-                "target": f"http://127.0.0.1:{target_port}/api/hook",
-                "timeout_ms": 5000,
-                "headers": {
-                    "add": {"X-Platform-Id": "bench", "X-Env": "local"},
-                    "remove": ["Cookie"],
-                },
-                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
-            },
-            {
-                "name": "bench-fast",
-                "match": {"path_prefix": "/fast", "methods": ["POST"]},
-                "target": f"http://127.0.0.1:{fast or target_port}/api/hook",
-                "timeout_ms": 5000,
-                "headers": {
-                    "add": {"X-Platform-Id": "bench", "X-Env": "local"},
-                    "remove": ["Cookie"],
-                },
-                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
-            },
-            {
-                "name": "bench-async",
-                "match": {"path_prefix": "/async", "methods": ["POST"]},
-                "target": f"http://127.0.0.1:{target_port}/api/hook",
-                "mode": "async",
-                "signing": {"scheme": "hmac-sha256", "secret": "bench"},
-            },
+            _route("bench", "/hook", target_port),
+            _route("bench-fast", "/fast", fast or target_port),
+            _route("bench-async", "/async", target_port, mode="async"),
         ],
+    }
+
+
+def _route(name: str, prefix: str, port: int, mode: str = "sync") -> dict[str, object]:
+    """A typical route: two headers added, one removed, HMAC-signed."""
+    return {
+        "name": name,
+        "match": {"path_prefix": prefix, "methods": ["POST"]},
+        "target": f"http://127.0.0.1:{port}/api/hook",
+        "mode": mode,
+        "timeout_ms": 5000,
+        "headers": {"add": {"X-Platform-Id": "bench", "X-Env": "local"}, "remove": ["Cookie"]},
+        "signing": {"scheme": "hmac-sha256", "secret": "bench"},
     }
 
 
