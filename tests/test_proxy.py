@@ -98,12 +98,9 @@ async def test_slow_target_times_out_at_route_deadline(proxy: Any, target: Any) 
     resp = await client.post("/hook", data=b"{}", headers={"X-Request-ID": "r1"})
     elapsed = time.monotonic() - started
     assert resp.status == 504
-    assert await resp.json() == {
-        "success": False,
-        "error": "the target did not answer within 300 ms",
-        "code": "TIMEOUT",
-        "requestId": "r1",
-    }
+    body = await resp.json()
+    assert (body["success"], body["code"], body["requestId"]) == (False, "TIMEOUT", "r1")
+    assert body["error"].startswith("the target did not answer within")
     assert resp.headers["X-Hookshield-Outcome"] == "error:TIMEOUT"
     assert 0.29 <= elapsed < 0.4
 
@@ -234,3 +231,25 @@ async def test_error_body_is_spec_json(proxy: Any) -> None:
     data = json.loads(await resp.read())
     assert set(data) == {"success", "error", "code", "requestId"}
     assert data["requestId"] == "abc"
+
+
+async def test_answer_over_response_limit_is_upstream_error(proxy: Any, target: Any) -> None:
+    """An answer larger than limits.max_response_bytes (declared or streamed) is 502 UPSTREAM_ERROR."""
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        if request.path == "/streamed":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for _ in range(4):
+                await response.write(b"x" * 400)
+            await response.write_eof()
+            return response
+        return web.Response(body=b"y" * (1000 if request.path == "/exact" else 1001))
+
+    app = await target(big)
+    client = await proxy({"limits": {"max_response_bytes": 1000}, **one_route(app.url)})
+    for path in ("/hook/declared", "/hook/streamed"):
+        resp = await client.post(path)
+        assert (resp.status, (await resp.json())["code"]) == (502, "UPSTREAM_ERROR"), path
+    exact = await client.post("/hook/exact")
+    assert (exact.status, len(await exact.read())) == (200, 1000)

@@ -180,8 +180,15 @@ class Deliverer:
             return
         number = delivery.attempts + 1
         headers = _headers(plan, delivery, number)
+        limit = self.state.config.max_response_bytes
         sending = send(
-            plan.session, delivery.method, delivery.url, headers, delivery.body, plan.timeout_s
+            plan.session,
+            delivery.method,
+            delivery.url,
+            headers,
+            delivery.body,
+            plan.timeout_s,
+            limit,
         )
         try:
             answer = await attempt(self.state, plan, delivery.origin, breaker, ticket, sending)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from hookshield.errors import ProxyError, Timeout, UpstreamUnreachable
+from hookshield.errors import ProxyError, Timeout, UpstreamError, UpstreamUnreachable
 
 
 class Kind(enum.Enum):
@@ -44,6 +44,8 @@ def of_error(error: ProxyError) -> Kind | None:
         return Kind.TIMEOUT
     if isinstance(error, UpstreamUnreachable):
         return Kind.UNREACHABLE
+    if isinstance(error, UpstreamError):  # an answer too large to pass on
+        return Kind.SERVER_ERROR
     return None
 
 

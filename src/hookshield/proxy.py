@@ -229,7 +229,10 @@ async def _send(plan: RoutePlan, call: Call, url: str) -> UpstreamResponse:
     if plan.signer is not None:
         extra += plan.signer.sign(call.body, call.request_id, int(time.time()))
     headers = plan.headers.outbound(call.request.headers, extra)
-    return await send(plan.session, call.request.method, url, headers, call.body, remaining_s)
+    limit = call.state.config.max_response_bytes
+    return await send(
+        plan.session, call.request.method, url, headers, call.body, remaining_s, limit
+    )
 
 
 def deadline_s(plan: RoutePlan, request: web.Request) -> float:

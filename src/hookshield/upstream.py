@@ -9,15 +9,18 @@ the request is cancelled and its connection dropped.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hookshield.config.models import Network
-from hookshield.errors import TargetForbidden, Timeout, UpstreamUnreachable
+from hookshield.errors import TargetForbidden, Timeout, UpstreamError, UpstreamUnreachable
 from hookshield.netguard import ForbiddenAddress, guarded_socket_factory
 
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 # The platform's own headers are forwarded as they are; the client adds none of its own.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
@@ -78,23 +81,38 @@ async def send(
     headers: CIMultiDict[str],
     body: bytes,
     timeout_s: float,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> UpstreamResponse:
-    """One request, redirects not followed; raises `Timeout` or `UpstreamUnreachable`."""
+    """One request, redirects not followed; raises `Timeout`, `UpstreamUnreachable`, or
+    `UpstreamError` for an answer larger than `max_response_bytes`."""
     try:
         async with asyncio.timeout(timeout_s):
             async with session.request(
                 method, url, headers=headers, data=body or None, allow_redirects=False
             ) as response:
-                data = await response.read()
+                data = await _read(response, max_response_bytes)
                 return UpstreamResponse(response.status, response.headers, data)
     except TimeoutError as exc:
-        raise Timeout(f"the target did not answer within {timeout_s * 1000:.0f} ms") from exc
+        raise Timeout(f"the target did not answer within {math.ceil(timeout_s * 1000)} ms") from exc
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, ForbiddenAddress):
             raise TargetForbidden(str(exc.os_error)) from exc
         raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise UpstreamError(f"the target's answer is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"the target's answer is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _reason(exc: Exception) -> str:

@@ -161,3 +161,4 @@ class Config:
     secret_files: tuple[Path, ...] = ()  # re-read on reload; a change to one triggers a reload
     reload_poll_s: float = 1.0
     metrics_enabled: bool = True
+    max_response_bytes: int = 10 * 1024 * 1024

@@ -32,6 +32,7 @@ TOP_KEYS = (
     "metrics",
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LIMIT_KEYS = ("max_body_bytes", "max_response_bytes")
 
 # env var -> (section, key); values are read as YAML scalars ("8080" -> 8080, "null" -> None).
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -122,15 +123,15 @@ def _build(
     if not root.has("routes"):
         problems.add("routes", "is required (a list of routes)")
     check_unique(routes, problems)
+    limits = root.section("limits", LIMIT_KEYS)
     return Config(
         listen=_address(root.section("listen", ("host", "port")), 8080),
         admin=_admin(root.section("admin", ("host", "port", "token_env"))),
         queue=_queue(
             root.section("queue", ("redis_url", "sqlite_path", "workers", "lease_s")), base_dir
         ),
-        max_body_bytes=root.section("limits", ("max_body_bytes",)).integer(
-            "max_body_bytes", 1024 * 1024
-        ),
+        max_body_bytes=limits.integer("max_body_bytes", 1024 * 1024),
+        max_response_bytes=limits.integer("max_response_bytes", 10 * 1024 * 1024),
         log_level=_log_level(root.section("log", ("level",))),
         routes=routes,
         source=source,
