@@ -147,3 +147,13 @@ async def stack(tmp_path: Path) -> Any:
     yield start
     for client in reversed(started):
         await client.close()
+
+
+def needs_tool(name: str) -> pytest.MarkDecorator:
+    """Skip when the command-line tool `name` is missing, except in CI (CI=true), where
+    scripts/test installs it and a missing tool must fail, not hide a test."""
+    import os
+    import shutil
+
+    missing = shutil.which(name) is None and not os.environ.get("CI")
+    return pytest.mark.skipif(missing, reason=f"{name} is not installed (scripts/test installs it)")

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, needs_tool
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -138,7 +138,7 @@ def test_rendered_config_passes_check_config(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@needs_tool("promtool")
 def test_rendered_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
     """The PrometheusRule's groups are the tested rules file, valid for promtool."""
     rule = one(render(OPTIONS["monitoring"]), "PrometheusRule")

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from hookshield.metrics import Metrics
+from tests.conftest import needs_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "hookshield" / "files" / "hookshield-rules.yaml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "hookshield-rules-test.yaml"
 DASHBOARD = ROOT / "helm" / "hookshield" / "files" / "hookshield-dashboard.json"
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool is not installed"
-)
+needs_promtool = needs_tool("promtool")
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Stack, Target
+from tests.conftest import Stack, Target, needs_tool
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -100,9 +99,7 @@ async def test_metrics_count_exactly_the_known_sequence(stack: Any, target: Any)
     assert value(found, "hookshield_requests_total", route="fine", outcome="success") == 5
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool (Debian prometheus) is not installed"
-)
+@needs_tool("promtool")
 async def test_exposition_passes_promtool(stack: Any, target: Any) -> None:
     """`promtool check metrics` accepts the exposition (names, help, units, types)."""
     hs, _, _ = await known_sequence(stack, target)
@@ -153,7 +150,7 @@ async def test_status_page_is_self_contained(stack: Any, target: Any) -> None:
         assert external not in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium (Debian) is not installed")
+@needs_tool("chromium")
 async def test_status_page_in_chromium_shows_failing_and_healthy(
     stack: Any, target: Any, tmp_path: Path
 ) -> None:
