@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
 
@@ -36,9 +37,8 @@ from hookshield.fallback import cache_key
 from hookshield.headers import returned
 from hookshield.queue.base import Delivery, StoreUnavailable
 from hookshield.runtime import STATE, RoutePlan, State
-from hookshield.upstream import UpstreamResponse, send
+from hookshield.upstream import UpstreamResponse, read_limited, send
 
-_READ_CHUNK = 64 * 1024
 _SYNC_RETRY_STATUSES = frozenset({502, 503, 504})
 _SYNC_RETRY_JITTER_S = (0.025, 0.25)
 _SYNC_RETRY_MIN_LEFT_S = 0.05  # a retry must still have this long after its jitter
@@ -251,16 +251,8 @@ def deadline_s(plan: RoutePlan, request: web.Request) -> float:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit`."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(_READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    too_large = partial(PayloadTooLarge, f"the body is larger than {limit} bytes")
+    return await read_limited(request.content, request.content_length, limit, too_large)
 
 
 _OUTCOME_METRIC = {"upstream": "success", "fallback": "fallback", "error": "error"}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -90,7 +92,12 @@ async def send(
             async with session.request(
                 method, url, headers=headers, data=body or None, allow_redirects=False
             ) as response:
-                data = await _read(response, max_response_bytes)
+                too_large = partial(
+                    UpstreamError, f"the target's answer is larger than {max_response_bytes} bytes"
+                )
+                data = await read_limited(
+                    response.content, response.content_length, max_response_bytes, too_large
+                )
                 return UpstreamResponse(response.status, response.headers, data)
     except TimeoutError as exc:
         raise Timeout(f"the target did not answer within {math.ceil(timeout_s * 1000)} ms") from exc
@@ -102,15 +109,18 @@ async def send(
         raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
 
 
-async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, refused as soon as it is known to exceed `limit` bytes."""
-    if response.content_length is not None and response.content_length > limit:
-        raise UpstreamError(f"the target's answer is larger than {limit} bytes")
+async def read_limited(
+    stream: aiohttp.StreamReader, length: int | None, limit: int, too_large: Callable[[], Exception]
+) -> bytes:
+    """A whole body (a request's or a response's), refused with `too_large()` as soon as it is
+    known to exceed `limit` bytes: from its declared length, or while it streams in."""
+    if length is not None and length > limit:
+        raise too_large()
     chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+    async for chunk in stream.iter_chunked(_READ_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise UpstreamError(f"the target's answer is larger than {limit} bytes")
+            raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -244,34 +244,29 @@ class SqliteStore:
 
         return await self._run(work)
 
-    def _revive(self, db: sqlite3.Connection, rows: list[Any], now: float) -> int:
-        for delivery_id, meta, body in rows:
-            fresh = Delivery.load(meta, body).after(attempts=0, reason=None, failed_at=None)
-            db.execute(
-                "UPDATE deliveries SET dead=0, meta=?, due_at=? WHERE id=?",
-                (fresh.meta(), now, delivery_id),
-            )
-        return len(rows)
+    async def _revive(self, column: str, key: str, now: float) -> int:
+        """Dead deliveries whose `column` is `key` due again now: attempts reset, same id."""
 
-    async def replay(self, delivery_id: str, now: float) -> bool:
-        def work(db: sqlite3.Connection) -> bool:
-            with self._tx(db):
-                rows = db.execute(
-                    "SELECT id, meta, body FROM deliveries WHERE dead=1 AND id=?", (delivery_id,)
-                ).fetchall()
-                return self._revive(db, rows, now) == 1
-
-        return await self._run(work)
-
-    async def replay_route(self, route: str, now: float) -> int:
         def work(db: sqlite3.Connection) -> int:
             with self._tx(db):
                 rows = db.execute(
-                    "SELECT id, meta, body FROM deliveries WHERE dead=1 AND route=?", (route,)
+                    f"SELECT id, meta, body FROM deliveries WHERE dead=1 AND {column}=?", (key,)
                 ).fetchall()
-                return self._revive(db, rows, now)
+                for delivery_id, meta, body in rows:
+                    fresh = Delivery.load(meta, body).after(attempts=0, reason=None, failed_at=None)
+                    db.execute(
+                        "UPDATE deliveries SET dead=0, meta=?, due_at=? WHERE id=?",
+                        (fresh.meta(), now, delivery_id),
+                    )
+                return len(rows)
 
         return await self._run(work)
+
+    async def replay(self, delivery_id: str, now: float) -> bool:
+        return await self._revive("id", delivery_id, now) == 1
+
+    async def replay_route(self, route: str, now: float) -> int:
+        return await self._revive("route", route, now)
 
     async def delete(self, delivery_id: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
