@@ -1,8 +1,8 @@
 """Shared test parts: real aiohttp target servers on free ports, and hookshield in-process.
 
 `target` starts an aiohttp app that records what it receives and answers with a handler
-the test chooses; `proxy` builds hookshield's data app from a config mapping and serves it
-on a free port through aiohttp's real test server.
+the test chooses; `proxy` and `stack` build hookshield from a config mapping and serve its
+data plane and admin plane on free ports, in-process.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -21,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
 from hookshield.config import Config, load_config
+from hookshield.httpserver import Listener
 from hookshield.runtime import STATE, State
 from hookshield.server import build_apps
 
@@ -81,23 +83,35 @@ def make_config(data: dict[str, Any], tmp_path: Path, env: dict[str, str] | None
     return load_config(path, env=env or {})
 
 
+class DataClient:
+    """An HTTP client on hookshield's data plane: `await client.post("/hook", data=...)`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+
 @pytest.fixture
-async def proxy(tmp_path: Path) -> Any:
-    """Factory: `await proxy(config_mapping, env=...)` -> a `TestClient` on hookshield."""
-    clients: list[TestClient[web.Request, web.Application]] = []
+async def proxy(stack: Any) -> Any:
+    """Factory: `await proxy(config_mapping, env=...)` -> a `DataClient` on hookshield."""
 
-    async def start(
-        data: dict[str, Any], env: dict[str, str] | None = None
-    ) -> TestClient[web.Request, web.Application]:
-        app, _admin = build_apps(make_config(data, tmp_path, env))
-        client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return client
+    async def start(data: dict[str, Any], env: dict[str, str] | None = None) -> DataClient:
+        started: Stack = await stack(data, env)
+        return started.data
 
-    yield start
-    for client in clients:
-        await client.close()
+    return start
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -118,7 +132,7 @@ def free_port() -> int:
 class Stack:
     """hookshield's data plane and admin plane on real ports, sharing one state."""
 
-    data: TestClient[web.Request, web.Application]
+    data: DataClient
     admin: TestClient[web.Request, web.Application]
     state: State
 
@@ -127,7 +141,8 @@ class Stack:
 async def stack(tmp_path: Path) -> Any:
     """Factory: `await stack(config_mapping, env=...)`, or `await stack(path=config_file)`
     -> a running `Stack`."""
-    started: list[TestClient[web.Request, web.Application]] = []
+    admins: list[TestClient[web.Request, web.Application]] = []
+    listeners: list[tuple[Listener, DataClient]] = []
 
     async def start(
         data: dict[str, Any] | None = None,
@@ -137,16 +152,20 @@ async def stack(tmp_path: Path) -> Any:
         config = (
             load_config(path, env=env or {}) if path else make_config(data or {}, tmp_path, env)
         )
-        app, admin = build_apps(config, grace_s=2.0)
-        clients = [TestClient(TestServer(app)), TestClient(TestServer(admin))]
-        for client in clients:
-            await client.start_server()
-            started.append(client)
-        return Stack(clients[0], clients[1], app[STATE])
+        listener, admin = build_apps(config, grace_s=2.0)
+        admin_client: TestClient[web.Request, web.Application] = TestClient(TestServer(admin))
+        await admin_client.start_server()  # starts the lifecycle
+        admins.append(admin_client)
+        client = DataClient(await listener.start("127.0.0.1", 0))
+        listeners.append((listener, client))
+        return Stack(client, admin_client, admin[STATE])
 
     yield start
-    for client in reversed(started):
-        await client.close()
+    for listener, client in reversed(listeners):
+        await client.session.close()
+        await listener.stop(2.0)
+    for admin_client in reversed(admins):
+        await admin_client.close()
 
 
 def needs_tool(name: str) -> pytest.MarkDecorator:

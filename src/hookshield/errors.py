@@ -1,15 +1,16 @@
 """hookshield's own answers: one exception class per SPEC §4 error code.
 
 Every answer that hookshield makes itself (rather than the target) is one of these,
-turned into the SPEC's JSON body by `ProxyError.to_response`, the only place that does so.
+turned into the SPEC's JSON body by `ProxyError.to_answer`, the only place that does so.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
-from aiohttp import web
+from multidict import CIMultiDict
+
+from hookshield.httpserver import Answer
 
 OUTCOME_HEADER = "X-Hookshield-Outcome"
 
@@ -33,19 +34,11 @@ class ProxyError(Exception):
             headers["Retry-After"] = str(max(1, int(self.retry_after_s + 0.999)))
         return headers
 
-    def to_response(
-        self, request_id: str, extra_headers: Mapping[str, str] | None = None
-    ) -> web.Response:
+    def to_answer(self, request_id: str) -> Answer:
         body = {"success": False, "error": self.message, "code": self.code, "requestId": request_id}
-        headers = self.headers()
-        if extra_headers:
-            headers.update(extra_headers)
-        return web.Response(
-            status=self.status,
-            body=json.dumps(body).encode(),
-            content_type="application/json",
-            headers=headers,
-        )
+        headers = CIMultiDict(self.headers())
+        headers["Content-Type"] = "application/json"
+        return Answer(self.status, headers, json.dumps(body).encode())
 
 
 class Timeout(ProxyError):

@@ -12,12 +12,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from hookshield.breaker import Clock
 from hookshield.config.models import FallbackConfig
 from hookshield.errors import OUTCOME_HEADER
+from hookshield.httpserver import Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +73,14 @@ class Fallback:
         if self.cache is not None and 200 <= status < 300:
             self.cache.put(key, status, headers, body)
 
-    def answer(self, reason: str, key: bytes) -> web.Response | None:
+    def answer(self, reason: str, key: bytes) -> Answer | None:
         stored = self.cache.get(key) if self.cache is not None else None
         if stored is not None:
-            response = web.Response(status=stored.status, headers=stored.headers, body=stored.body)
+            answer = Answer(stored.status, stored.headers.copy(), stored.body)
         elif self.config.response is not None:
             static = self.config.response
-            response = web.Response(status=static.status, headers=static.headers, body=static.body)
+            answer = Answer(static.status, CIMultiDict(static.headers), static.body)
         else:
             return None
-        response.headers[OUTCOME_HEADER] = f"fallback:{reason}"
-        return response
+        answer.headers[OUTCOME_HEADER] = f"fallback:{reason}"
+        return answer

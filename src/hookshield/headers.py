@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from hookshield.config.models import HeadersConfig
 
@@ -25,43 +25,50 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 CONTROL_PREFIX = "x-hookshield-"
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_named(headers: CIMultiDict[str]) -> set[str]:
     named: set[str] = set()
     for value in headers.getall("Connection", ()):
         named.update(token.strip().lower() for token in value.split(","))
     return named
 
 
-def _kept(name: str, dropped: frozenset[str] | set[str]) -> bool:
-    lower = name.lower()
-    return lower not in dropped and not lower.startswith(CONTROL_PREFIX)
+Pairs = list[tuple[str, str]]
 
 
 class HeaderPolicy:
-    """A route's outbound header rules, precomputed."""
+    """A route's outbound header rules, precomputed. `replaced` names the headers the
+    proxy always sets itself (request id, timeout, signatures): a platform's copy is dropped."""
 
-    def __init__(self, config: HeadersConfig) -> None:
-        self.dropped = _NOT_FORWARDED | {name.lower() for name in config.remove}
-        self.added = config.add
+    def __init__(self, config: HeadersConfig, replaced: Iterable[str] = ()) -> None:
+        own = {name.lower() for name in replaced}
+        self.added: Pairs = [(k, v) for k, v in config.add if k.lower() not in own]
+        self.dropped = (
+            _NOT_FORWARDED
+            | {name.lower() for name in config.remove}
+            | {name.lower() for name, _ in self.added}
+            | own
+        )
 
-    def outbound(
-        self, incoming: CIMultiDictProxy[str], extra: Iterable[tuple[str, str]]
-    ) -> CIMultiDict[str]:
+    def outbound(self, incoming: CIMultiDict[str], extra: Pairs) -> Pairs:
         """The headers sent to the target: the platform's, filtered, then `add`, then `extra`."""
         dropped = self.dropped
         if "Connection" in incoming:
             dropped = dropped | _connection_named(incoming)
-        headers = CIMultiDict((k, v) for k, v in incoming.items() if _kept(k, dropped))
-        for name, value in self.added:
-            headers[name] = value
-        for name, value in extra:
-            headers[name] = value
-        return headers
+        kept = [
+            (name, value)
+            for name, value in incoming.items()
+            if (lower := name.lower()) not in dropped and not lower.startswith(CONTROL_PREFIX)
+        ]
+        return kept + self.added + extra
 
 
-def returned(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def returned(upstream: CIMultiDict[str]) -> CIMultiDict[str]:
     """The target's response headers as passed back to the platform."""
     dropped: set[str] | frozenset[str] = _NOT_RETURNED
     if "Connection" in upstream:
         dropped = _NOT_RETURNED | _connection_named(upstream)
-    return CIMultiDict((k, v) for k, v in upstream.items() if _kept(k, dropped))
+    return CIMultiDict(
+        (name, value)
+        for name, value in upstream.items()
+        if (lower := name.lower()) not in dropped and not lower.startswith(CONTROL_PREFIX)
+    )

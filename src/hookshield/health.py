@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiohttp
-
 from hookshield import logs
 from hookshield.breaker import Breaker
 from hookshield.config.models import HealthCheckConfig
+from hookshield.errors import ProxyError
+from hookshield.upstream import Client, send
 
 
 class HealthCheck:
@@ -24,26 +24,26 @@ class HealthCheck:
         self,
         route: str,
         url: str,
+        origin: str,
         config: HealthCheckConfig,
-        session: aiohttp.ClientSession,
+        client: Client,
         breaker: Breaker,
         report_failures: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self.route, self.url, self.config = route, url, config
-        self.session, self.breaker = session, breaker
+        self.route, self.url, self.origin, self.config = route, url, origin, config
+        self.client, self.breaker = client, breaker
         self.report_failures = report_failures  # consecutive failed probes, after each probe
         self.healthy = True
         self.failures = 0
         self.successes = 0
 
     async def probe(self) -> bool:
+        timeout_s = self.config.timeout_ms / 1000.0
         try:
-            async with asyncio.timeout(self.config.timeout_ms / 1000.0):
-                async with self.session.get(self.url, allow_redirects=False) as response:
-                    await response.read()
-                    return 200 <= response.status < 300
-        except (TimeoutError, aiohttp.ClientError):
+            answer = await send(self.client, "GET", self.url, self.origin, [], b"", timeout_s)
+        except ProxyError:
             return False
+        return 200 <= answer.status < 300
 
     def observe(self, ok: bool) -> None:
         self._judge(ok)

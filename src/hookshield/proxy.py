@@ -9,14 +9,14 @@ Every answer carries `X-Hookshield-Outcome` (SPEC §4) and produces one `request
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass
-from functools import partial
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 from hookshield import logs
 from hookshield.attempt import attempt
@@ -35,9 +35,10 @@ from hookshield.errors import (
 )
 from hookshield.fallback import cache_key
 from hookshield.headers import returned
+from hookshield.httpserver import Answer, Request
 from hookshield.queue.base import Delivery, StoreUnavailable
-from hookshield.runtime import STATE, RoutePlan, State
-from hookshield.upstream import UpstreamResponse, read_limited, send
+from hookshield.runtime import RoutePlan, State
+from hookshield.upstream import UpstreamResponse, send
 
 _SYNC_RETRY_STATUSES = frozenset({502, 503, 504})
 _SYNC_RETRY_JITTER_S = (0.025, 0.25)
@@ -48,7 +49,7 @@ _SYNC_RETRY_MIN_LEFT_S = 0.05  # a retry must still have this long after its jit
 class Call:
     """One platform request on its way through a route."""
 
-    request: web.Request
+    request: Request
     body: bytes
     remainder: str
     query: str
@@ -67,10 +68,10 @@ class Call:
         return "Idempotency-Key" in headers or "X-Request-ID" in headers
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    started = asyncio.get_running_loop().time()
-    request_id = request.headers.get("X-Request-ID") or str(uuid.uuid4())
-    state = request.app[STATE]
+async def handle(state: State, request: Request) -> Answer:
+    """The answer to one platform request (never raises: every failure is an answer)."""
+    started = request.started
+    request_id = request.headers.get("X-Request-ID") or new_request_id()
     runtime = state.runtime
     assert runtime is not None, "the data plane serves only after startup installed a runtime"
     plan: RoutePlan | None = None
@@ -78,19 +79,31 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         path, _, query = request.raw_path.partition("?")
         plan, remainder = runtime.router.match(path, request.method)
-        body = await read_body(request, runtime.config.max_body_bytes)
+        if request.too_large:
+            limit = runtime.config.max_body_bytes
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
         deadline = started + deadline_s(plan, request)
-        call = Call(request, body, remainder, query, request_id, deadline, state)
+        call = Call(request, request.body, remainder, query, request_id, deadline, state)
         response = await serve(plan, call)
     except ProxyError as exc:
-        response = exc.to_response(request_id)
+        response = exc.to_answer(request_id)
+    except Exception as exc:
+        logs.event("internal_error", logging.ERROR, error=repr(exc), request_id=request_id)
+        response = ProxyError("hookshield failed to handle the request").to_answer(request_id)
     if plan is not None and plan.bucket is not None:
         response.headers.update(plan.bucket.headers())
     _observe(state, plan, call, request, response, request_id, started)
     return response
 
 
-async def serve(plan: RoutePlan, call: Call) -> web.Response:
+def new_request_id() -> str:
+    """A random version-4 UUID, from `random` (no system call, unlike `uuid.uuid4`)."""
+    digits = f"{random.getrandbits(128):032x}"
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+
+
+async def serve(plan: RoutePlan, call: Call) -> Answer:
     """The target's answer, or the route's fallback for a failure that has one."""
     try:
         return await limited(plan, call)
@@ -101,7 +114,7 @@ async def serve(plan: RoutePlan, call: Call) -> web.Response:
         return answer
 
 
-async def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> web.Response | None:
+async def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> Answer | None:
     """Cached, else static answer; with `queue: true` the call is also spooled (202 if no other)."""
     if plan.fallback is None or error.fallback_reason is None:
         return None
@@ -116,7 +129,7 @@ async def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> web.Respo
     return answer
 
 
-async def enqueue(plan: RoutePlan, call: Call) -> web.Response:
+async def enqueue(plan: RoutePlan, call: Call) -> Answer:
     """Store the call for background delivery; 202 only once the store acknowledged it."""
     header = plan.resolver.header
     url, origin = plan.resolver.url(
@@ -124,7 +137,7 @@ async def enqueue(plan: RoutePlan, call: Call) -> web.Response:
     )
     delivery = Delivery(
         id=uuid.uuid4().hex, route=plan.config.name, url=url, origin=origin, method=call.request.method,
-        headers=tuple(plan.headers.outbound(call.request.headers, ()).items()), body=call.body,
+        headers=tuple(plan.headers.outbound(call.request.headers, [])), body=call.body,
         request_id=call.request_id, created_at=time.time(),
     )  # fmt: skip
     dedupe = call.request.headers.get("Idempotency-Key") or call.request.headers.get("X-Request-ID")
@@ -140,12 +153,12 @@ async def enqueue(plan: RoutePlan, call: Call) -> web.Response:
     body = {"success": True, "queued": True, "id": delivery_id, "requestId": call.request_id}
     if duplicate:
         body["duplicate"] = True
-    response = web.json_response(body, status=202)
-    response.headers[OUTCOME_HEADER] = "duplicate" if duplicate else "queued"
-    return response
+    headers = CIMultiDict({"Content-Type": "application/json"})
+    headers[OUTCOME_HEADER] = "duplicate" if duplicate else "queued"
+    return Answer(202, headers, json.dumps(body).encode())
 
 
-async def limited(plan: RoutePlan, call: Call) -> web.Response:
+async def limited(plan: RoutePlan, call: Call) -> Answer:
     """Apply the rate limit; then queue (async routes) or apply the bulkhead and forward."""
     if plan.bucket is not None and not plan.bucket.take():
         raise RateLimited(
@@ -163,7 +176,7 @@ async def limited(plan: RoutePlan, call: Call) -> web.Response:
         plan.bulkhead.leave()
 
 
-async def forward(plan: RoutePlan, call: Call) -> web.Response:
+async def forward(plan: RoutePlan, call: Call) -> Answer:
     header = plan.resolver.header
     header_value = call.request.headers.get(header) if header else None
     url, origin = plan.resolver.url(call.remainder, call.query, header_value)
@@ -175,9 +188,8 @@ async def forward(plan: RoutePlan, call: Call) -> web.Response:
     if plan.fallback is not None:
         key = cache_key(call.request.method, call.request.raw_path, call.body)
         plan.fallback.remember(key, answer.status, headers, answer.body)
-    response = web.Response(status=answer.status, headers=headers, body=answer.body)
-    response.headers[OUTCOME_HEADER] = "upstream"
-    return response
+    headers[OUTCOME_HEADER] = "upstream"
+    return Answer(answer.status, headers, answer.body)
 
 
 async def attempts(
@@ -217,10 +229,10 @@ async def attempt_once(
     ticket = breaker.acquire()
     if ticket is None:
         raise CircuitOpen("the target's circuit is open", retry_after_s=breaker.retry_after_s())
-    return await attempt(call.state, plan, origin, breaker, ticket, _send(plan, call, url))
+    return await attempt(call.state, plan, origin, breaker, ticket, _send(plan, call, url, origin))
 
 
-async def _send(plan: RoutePlan, call: Call, url: str) -> UpstreamResponse:
+async def _send(plan: RoutePlan, call: Call, url: str, origin: str) -> UpstreamResponse:
     remaining_s = call.remaining_s()
     extra = [
         ("X-Request-ID", call.request_id),
@@ -231,11 +243,11 @@ async def _send(plan: RoutePlan, call: Call, url: str) -> UpstreamResponse:
     headers = plan.headers.outbound(call.request.headers, extra)
     limit = call.state.config.max_response_bytes
     return await send(
-        plan.session, call.request.method, url, headers, call.body, remaining_s, limit
+        plan.client, call.request.method, url, origin, headers, call.body, remaining_s, limit
     )
 
 
-def deadline_s(plan: RoutePlan, request: web.Request) -> float:
+def deadline_s(plan: RoutePlan, request: Request) -> float:
     """The route's timeout, shortened by the platform's own `X-Timeout-Ms` if it sent one."""
     asked = request.headers.get("X-Timeout-Ms")
     if asked is None:
@@ -249,12 +261,6 @@ def deadline_s(plan: RoutePlan, request: web.Request) -> float:
     return min(plan.timeout_s, asked_s)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit`."""
-    too_large = partial(PayloadTooLarge, f"the body is larger than {limit} bytes")
-    return await read_limited(request.content, request.content_length, limit, too_large)
-
-
 _OUTCOME_METRIC = {"upstream": "success", "fallback": "fallback", "error": "error"}
 
 
@@ -262,8 +268,8 @@ def _observe(
     state: State,
     plan: RoutePlan | None,
     call: Call | None,
-    request: web.Request,
-    response: web.StreamResponse,
+    request: Request,
+    response: Answer,
     request_id: str,
     started: float,
 ) -> None:
@@ -274,15 +280,7 @@ def _observe(
     state.metrics.request(route, _OUTCOME_METRIC.get(kind, kind))
     if kind == "fallback":
         state.metrics.fallback(route, reason)
-    logs.event(
-        "request",
-        logging.INFO,
-        route=route,
-        target=call.target if call else "-",
-        method=request.method,
-        path=request.path,
-        status=response.status,
-        outcome=outcome,
-        duration_ms=round((asyncio.get_running_loop().time() - started) * 1000, 2),
-        request_id=request_id,
-    )
+    duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+    target = call.target if call else "-"
+    logs.requests.add(route, target, request.method, request.path, response.status, outcome,
+                      duration_ms, request_id)  # fmt: skip

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -33,7 +32,7 @@ from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
 from hookshield.stats import Stats
 from hookshield.targets import Resolver, StaticResolver, resolver_for
-from hookshield.upstream import Upstream
+from hookshield.upstream import Client, Upstream
 
 if TYPE_CHECKING:
     from hookshield.reload import Reloader
@@ -46,7 +45,7 @@ class RoutePlan:
     resolver: Resolver
     headers: HeaderPolicy
     signer: Signer | None
-    session: aiohttp.ClientSession
+    client: Client
     timeout_s: float
     breakers: Breakers
     bucket: TokenBucket | None
@@ -102,19 +101,17 @@ def build_plan(
     breakers, rate-limit bucket, bulkhead and fallback cache are kept when their settings did
     not change; the rest is built anew."""
     target = route.target
-    session = (
-        upstream.guarded(target.allow_networks)
-        if isinstance(target, DynamicTarget)
-        else upstream.shared()
-    )
+    client = upstream.client(target.allow_networks if isinstance(target, DynamicTarget) else None)
     label = target_labeler(target)
+    signer = build_signer(route.signing) if route.signing else None
+    replaced = ("X-Request-ID", "X-Timeout-Ms", *(signer.names if signer else ()))
     plan = RoutePlan(
         config=route,
         target_label=label,
         resolver=resolver_for(target),
-        headers=HeaderPolicy(route.headers),
-        signer=build_signer(route.signing) if route.signing else None,
-        session=session,
+        headers=HeaderPolicy(route.headers, replaced),
+        signer=signer,
+        client=client,
         timeout_s=route.timeout_ms / 1000.0,
         breakers=Breakers(route.breaker, _on_transition(route.name, label, metrics)),
         bucket=TokenBucket(route.rate_limit) if route.rate_limit else None,
@@ -148,7 +145,9 @@ def _health_check(plan: RoutePlan, metrics: Metrics) -> HealthCheck | None:
     breaker = plan.breakers.get(resolver.origin)
     failures = metrics.health_failures.labels(plan.config.name, resolver.origin)
     url = resolver.origin + config.path
-    return HealthCheck(plan.config.name, url, config, plan.session, breaker, failures.set)
+    return HealthCheck(
+        plan.config.name, url, resolver.origin, config, plan.client, breaker, failures.set
+    )
 
 
 @dataclass(slots=True)

@@ -1,17 +1,21 @@
-"""The lifecycle: build both apps, bind both listeners, run until a signal, drain, stop.
+"""The lifecycle: build both planes, bind both listeners, run until a signal, drain, stop.
 
-Everything long-lived (client sessions, the queue store, the runtime with its health
+Everything long-lived (target connections, the queue store, the runtime with its health
 checks, the delivery workers, the config watcher) is started and stopped in one place:
-the data app's `cleanup_ctx` (`_lifecycle`).
+the admin app's `cleanup_ctx` (`_lifecycle`). The data plane's listener (`httpserver`)
+is bound after it has started and drained before it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
 
@@ -19,12 +23,27 @@ from hookshield import logs
 from hookshield.admin import build_admin_app
 from hookshield.config.models import Address, Config
 from hookshield.delivery import Deliverer
+from hookshield.errors import BadRequest
+from hookshield.httpserver import Answer, Listener
 from hookshield.proxy import handle
 from hookshield.queue import open_store
 from hookshield.reload import Reloader
 from hookshield.runtime import STATE, State
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+@dataclass(frozen=True)
+class Role:
+    """Which worker this process is (`supervisor`): worker 0 of 1 unless `--workers` > 1."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def primary(self) -> bool:
+        """Worker 0 serves the admin plane and runs the delivery loop."""
+        return self.index == 0
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -35,8 +54,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     logs.event("config_loaded", generation=runtime.generation, routes=len(state.config.routes))
     queue = state.config.queue
     deliverer = Deliverer(state.store, state, queue.workers, queue.lease_s)
-    deliverer.start()
-    state.wake_deliverer = deliverer.wake
+    if app[ROLE].primary:
+        deliverer.start()
+        state.wake_deliverer = deliverer.wake
     state.reloader = Reloader(state)
     watcher = asyncio.create_task(state.reloader.watch())
     yield
@@ -51,17 +71,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 GRACE = web.AppKey("hookshield.grace_s", float)
+ROLE = web.AppKey("hookshield.role", Role)
 
 
-def build_apps(config: Config, grace_s: float = 30.0) -> tuple[web.Application, web.Application]:
-    """The data plane and admin plane apps, sharing one `State`."""
+def _bad_request(message: str) -> Answer:
+    return BadRequest(message).to_answer("-")
+
+
+def build_apps(
+    config: Config, grace_s: float = 30.0, role: Role = Role()
+) -> tuple[Listener, web.Application]:
+    """The data plane's listener and the admin plane's app, sharing one `State`; the admin
+    app owns the lifecycle, so it starts first and stops last."""
     state = State(config)
-    data = web.Application(client_max_size=config.max_body_bytes + 1)
-    data[STATE] = state
-    data[GRACE] = grace_s
-    data.router.add_route("*", "/{tail:.*}", handle)
-    data.cleanup_ctx.append(_lifecycle)
-    return data, build_admin_app(state)
+    data = Listener(partial(handle, state), lambda: state.config.max_body_bytes, _bad_request)
+    admin = build_admin_app(state)
+    admin[GRACE] = grace_s
+    admin[ROLE] = role
+    admin.cleanup_ctx.append(_lifecycle)
+    return data, admin
 
 
 async def _bind(runner: web.AppRunner, address: Address, plane: str) -> web.TCPSite:
@@ -69,38 +97,63 @@ async def _bind(runner: web.AppRunner, address: Address, plane: str) -> web.TCPS
     try:
         await site.start()
     except OSError as exc:
-        raise BindError(
-            f"cannot listen on {address.host}:{address.port} ({plane}): {exc.strerror}"
-        ) from exc
+        raise BindError(_bind_error(address, plane, exc)) from exc
     return site
+
+
+async def _listen(data: Listener, address: Address, reuse_port: bool) -> None:
+    try:
+        await data.start(address.host, address.port, reuse_port)
+    except OSError as exc:
+        raise BindError(_bind_error(address, "data plane", exc)) from exc
+
+
+def _bind_error(address: Address, plane: str, exc: OSError) -> str:
+    return f"cannot listen on {address.host}:{address.port} ({plane}): {exc.strerror}"
 
 
 class BindError(Exception):
     pass
 
 
-async def serve(config: Config, grace_s: float = 30.0) -> int:
-    """Serve until SIGTERM or SIGINT, then drain in-flight calls for up to `grace_s`."""
-    data, admin = build_apps(config, grace_s)
-    runners = [
-        web.AppRunner(data, access_log=None, handle_signals=False, shutdown_timeout=grace_s),
-        web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1.0),
-    ]
-    for runner in runners:
-        await runner.setup()
+async def serve(config: Config, grace_s: float = 30.0, role: Role = Role()) -> int:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for up to `grace_s`.
+
+    Every worker runs the lifecycle; only worker 0 binds the admin plane."""
+    data, admin = build_apps(config, grace_s, role)
+    runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
     try:
-        await _bind(runners[0], config.listen, "data plane")
-        await _bind(runners[1], config.admin, "admin plane")
+        await _listen(data, config.listen, reuse_port=role.count > 1)
+        if role.primary:
+            await _bind(runner, config.admin, "admin plane")
     except BindError as exc:
         logs.event("startup_failed", logging.ERROR, error=str(exc))
-        await _cleanup(runners)
+        await data.stop(0)
+        await runner.cleanup()
         return EXIT_USAGE
-    logs.event("started", listen=_where(config.listen), admin=_where(config.admin))
-    await _wait_for_signal(data[STATE])
+    _settle_heap()
+    admin_at = _where(config.admin) if role.primary else None
+    logs.event("started", listen=_where(config.listen), admin=admin_at, worker=role.index)
+    await _wait_for_signal(admin[STATE])
     logs.event("stopping", grace_s=grace_s)
-    await _cleanup(runners)
+    await data.stop(grace_s)
+    logs.requests.flush()
+    await runner.cleanup()
     logs.event("stopped")
     return EXIT_OK
+
+
+def _settle_heap() -> None:
+    """Move what startup built (modules, config, runtime) out of the garbage collector's
+    way, and collect the young generation less often: the data plane allocates many
+    short-lived objects and few cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python's default: 700)
 
 
 def _where(address: Address) -> str:
@@ -133,8 +186,3 @@ async def _wait_for_signal(state: State) -> None:
 def _exit_now() -> None:
     logs.event("stopped_without_drain", logging.WARNING)
     os._exit(EXIT_INTERRUPTED)
-
-
-async def _cleanup(runners: list[web.AppRunner]) -> None:
-    for runner in reversed(runners):
-        await runner.cleanup()

@@ -8,7 +8,6 @@ signature each, in the scheme's own list syntax.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Sequence
 from typing import Protocol
@@ -17,11 +16,13 @@ from hookshield.config.models import Secret, SigningConfig
 
 
 class Signer(Protocol):
+    names: tuple[str, ...]  # the headers `sign` sets
+
     def sign(self, body: bytes, request_id: str, timestamp: int) -> list[tuple[str, str]]: ...
 
 
 def _hmac_hex(key: bytes, message: bytes) -> str:
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()  # OpenSSL's one-shot HMAC
 
 
 class HmacSha256Signer:
@@ -30,6 +31,7 @@ class HmacSha256Signer:
     def __init__(self, secrets: Sequence[Secret], header: str) -> None:
         self.keys = [s.value for s in secrets]
         self.header = header
+        self.names: tuple[str, ...] = (header,)
 
     def sign(self, body: bytes, request_id: str, timestamp: int) -> list[tuple[str, str]]:
         value = ",".join(f"sha256={_hmac_hex(key, body)}" for key in self.keys)
@@ -41,11 +43,12 @@ class StandardWebhooksSigner:
 
     def __init__(self, secrets: Sequence[Secret]) -> None:
         self.keys = [base64.b64decode(s.value.removeprefix(b"whsec_")) for s in secrets]
+        self.names: tuple[str, ...] = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
     def sign(self, body: bytes, request_id: str, timestamp: int) -> list[tuple[str, str]]:
         message = f"{request_id}.{timestamp}.".encode() + body
         signatures = " ".join(
-            "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
+            "v1," + base64.b64encode(hmac.digest(key, message, "sha256")).decode()
             for key in self.keys
         )
         return [
@@ -61,6 +64,7 @@ class StripeSigner:
     def __init__(self, secrets: Sequence[Secret], header: str) -> None:
         self.keys = [s.value for s in secrets]
         self.header = header
+        self.names: tuple[str, ...] = (header,)
 
     def sign(self, body: bytes, request_id: str, timestamp: int) -> list[tuple[str, str]]:
         message = f"{timestamp}.".encode() + body

@@ -1,129 +1,135 @@
 """Sending one request to a target under a hard deadline (SPEC §4).
 
-`Upstream` owns the HTTP client sessions: one shared, keep-alive pooled session for static
-targets, and one per `allow_networks` set for dynamic targets whose sockets pass through
-`netguard`. The deadline covers connect, send and the whole response body; on expiry
-the request is cancelled and its connection dropped.
+`Upstream` owns the target connections: one `Client` for static targets, and one per
+`allow_networks` set for dynamic targets, whose every address is checked by `netguard`
+before a socket is opened. A client keeps a keep-alive pool per origin (`httpclient`).
+The deadline covers connect, send and the whole answer; on expiry the exchange is
+cancelled and its connection closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
-import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from hookshield.config.models import Network
 from hookshield.errors import TargetForbidden, Timeout, UpstreamError, UpstreamUnreachable
-from hookshield.netguard import ForbiddenAddress, guarded_socket_factory
+from hookshield.headers import Pairs
+from hookshield.httpclient import AnswerTooLarge, Connection, ConnectionFailed, Pool, pool_for
+from hookshield.netguard import ForbiddenAddress
 
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-_READ_CHUNK = 64 * 1024
-# The platform's own headers are forwarded as they are; the client adds none of its own.
-_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 @dataclass(slots=True)
 class UpstreamResponse:
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: CIMultiDict[str]
     body: bytes
 
 
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,  # bodies pass through byte for byte, Content-Encoding kept
-        cookie_jar=aiohttp.DummyCookieJar(),  # one target's cookies never reach another
-        timeout=aiohttp.ClientTimeout(total=None),  # the deadline is ours, see `send`
-        skip_auto_headers=_SKIP_AUTO,
-    )
+class Client:
+    """Keep-alive pools per origin, all under one address policy (None: any address)."""
+
+    def __init__(self, allow: tuple[Network, ...] | None, keepalive_s: float) -> None:
+        self.allow, self.keepalive_s = allow, keepalive_s
+        self.pools: dict[str, Pool] = {}
+
+    def pool(self, origin: str) -> Pool:
+        pool = self.pools.get(origin)
+        if pool is None:
+            pool = self.pools[origin] = pool_for(origin, self.allow, self.keepalive_s)
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
 
 
 class Upstream:
-    """The client sessions; started and closed by the app lifecycle, shared across reloads."""
+    """The clients; started and closed by the app lifecycle, shared across reloads."""
 
-    def __init__(self, pool_size: int = 0, keepalive_s: float = 30.0) -> None:
-        self._pool_size, self._keepalive_s = pool_size, keepalive_s
-        self._shared: aiohttp.ClientSession | None = None
-        self._guarded: dict[tuple[Network, ...], aiohttp.ClientSession] = {}
+    def __init__(self, keepalive_s: float = 30.0) -> None:
+        self._keepalive_s = keepalive_s
+        self._clients: dict[tuple[Network, ...] | None, Client] = {}
 
-    def _connector(self, allow: tuple[Network, ...] | None) -> aiohttp.TCPConnector:
-        return aiohttp.TCPConnector(
-            limit=self._pool_size,
-            keepalive_timeout=self._keepalive_s,
-            socket_factory=None if allow is None else guarded_socket_factory(allow),
-        )
-
-    def shared(self) -> aiohttp.ClientSession:
-        if self._shared is None:
-            self._shared = _session(self._connector(None))
-        return self._shared
-
-    def guarded(self, allow: tuple[Network, ...]) -> aiohttp.ClientSession:
-        session = self._guarded.get(allow)
-        if session is None:
-            session = self._guarded[allow] = _session(self._connector(allow))
-        return session
+    def client(self, allow: tuple[Network, ...] | None = None) -> Client:
+        """The client for static targets (`allow` None), or for one `allow_networks` set."""
+        client = self._clients.get(allow)
+        if client is None:
+            client = self._clients[allow] = Client(allow, self._keepalive_s)
+        return client
 
     async def close(self) -> None:
-        sessions = [*self._guarded.values(), *([self._shared] if self._shared else [])]
-        self._shared, self._guarded = None, {}
-        await asyncio.gather(*(s.close() for s in sessions))
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+
+def encode_request(method: str, path: str, host: str, headers: Pairs, body: bytes) -> bytes:
+    """The request's bytes: request line, `Host`, the given headers, `Content-Length`, body."""
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    if body or method not in _NO_BODY_METHODS:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace") + body
+
+
+def _path(url: str, origin: str) -> str:
+    path = url[len(origin) :] if url.startswith(origin) else url
+    return path if path.startswith("/") else "/" + path
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: Client,
     method: str,
     url: str,
-    headers: CIMultiDict[str],
+    origin: str,
+    headers: Pairs,
     body: bytes,
     timeout_s: float,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> UpstreamResponse:
-    """One request, redirects not followed; raises `Timeout`, `UpstreamUnreachable`, or
-    `UpstreamError` for an answer larger than `max_response_bytes`."""
+    """One request, redirects not followed; raises `Timeout`, `UpstreamUnreachable`,
+    `TargetForbidden`, or `UpstreamError` for an answer larger than `max_response_bytes`."""
+    pool = client.pool(origin)
+    request = encode_request(method, _path(url, origin), pool.host_header, headers, body)
+    loop = asyncio.get_running_loop()
+    connection: Connection | None = None
+    now = loop.time()
+    deadline = now + timeout_s
     try:
-        async with asyncio.timeout(timeout_s):
-            async with session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as response:
-                too_large = partial(
-                    UpstreamError, f"the target's answer is larger than {max_response_bytes} bytes"
-                )
-                data = await read_limited(
-                    response.content, response.content_length, max_response_bytes, too_large
-                )
-                return UpstreamResponse(response.status, response.headers, data)
-    except TimeoutError as exc:
-        raise Timeout(f"the target did not answer within {math.ceil(timeout_s * 1000)} ms") from exc
-    except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, ForbiddenAddress):
-            raise TargetForbidden(str(exc.os_error)) from exc
-        raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamUnreachable(f"the target could not be reached: {_reason(exc)}") from exc
+        connection = pool.take(now)
+        if connection is None:
+            async with asyncio.timeout_at(deadline):
+                connection = await pool.connect()
+        head = method == "HEAD"
+        raw = await connection.exchange(loop, request, max_response_bytes, head, deadline)
+    except BaseException as exc:
+        if connection is not None:
+            connection.close()
+        error = _translated(exc, timeout_s, max_response_bytes)
+        if error is exc:
+            raise
+        raise error from exc
+    pool.give_back(connection, loop.time())
+    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw.headers]
+    return UpstreamResponse(raw.status, CIMultiDict(decoded), raw.body)
 
 
-async def read_limited(
-    stream: aiohttp.StreamReader, length: int | None, limit: int, too_large: Callable[[], Exception]
-) -> bytes:
-    """A whole body (a request's or a response's), refused with `too_large()` as soon as it is
-    known to exceed `limit` bytes: from its declared length, or while it streams in."""
-    if length is not None and length > limit:
-        raise too_large()
-    chunks, size = [], 0
-    async for chunk in stream.iter_chunked(_READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+def _translated(exc: BaseException, timeout_s: float, limit: int) -> BaseException:
+    """The SPEC error for a failed exchange; anything else (cancellation) as it is."""
+    if isinstance(exc, TimeoutError):
+        return Timeout(f"the target did not answer within {math.ceil(timeout_s * 1000)} ms")
+    if isinstance(exc, ForbiddenAddress):
+        return TargetForbidden(str(exc))
+    if isinstance(exc, AnswerTooLarge):
+        return UpstreamError(f"the target's answer is larger than {limit} bytes")
+    if isinstance(exc, ConnectionFailed | OSError):
+        return UpstreamUnreachable(f"the target could not be reached: {exc}")
+    return exc
