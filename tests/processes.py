@@ -34,12 +34,16 @@ class Hookshield:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin}"
 
-    async def start(self, *args: str, env: dict[str, str] | None = None) -> Hookshield:
-        """Start `hookshield run` (extra `args` such as `--grace 1`) and wait until ready."""
+    async def start(
+        self, *args: str, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> Hookshield:
+        """Start `hookshield run` (extra `args` such as `--grace 1`) and wait until ready;
+        `own_group`: in a process group of its own, as a shell starts a command."""
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hookshield", "run", "--config", str(self.config_path), *args,
                 stdout=log, stderr=log, env={**os.environ, **(env or {})},
+                process_group=0 if own_group else None,
             )  # fmt: skip
         await self.wait_ready()
         return self

@@ -29,10 +29,21 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=30.0, metavar="SECONDS",
         help="how long SIGTERM waits for in-flight calls (default 30)",
     )  # fmt: skip
+    run.add_argument(
+        "--workers", type=_positive, default=os.environ.get("HOOKSHIELD_WORKERS", "1"), metavar="N",
+        help="processes sharing the data plane's port (default $HOOKSHIELD_WORKERS or 1)",
+    )  # fmt: skip
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     check = verbs.add_parser("check-config", help="validate a config file; exit 2 when invalid")
     check.add_argument("path", metavar="PATH")
     _dlq_parser(verbs.add_parser("dlq", help="inspect, replay and delete dead-lettered deliveries"))
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _dlq_parser(dlq: argparse.ArgumentParser) -> None:
@@ -110,16 +121,26 @@ def _check(path: str) -> int:
     return 0
 
 
-def _run(path: str, grace_s: float) -> int:
-    config = _load(path)
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
     if config is None:
         return EXIT_INVALID
+    logs.setup(config.log_level)
+    if args.workers > 1 and args.worker_index is None:
+        from hookshield.supervisor import supervise
+
+        return supervise(args.config, args.grace, args.workers)
     import uvloop
 
-    from hookshield.server import serve
+    from hookshield.server import Role, serve
 
-    logs.setup(config.log_level)
-    return uvloop.run(serve(config, grace_s))
+    if args.worker_index is not None:
+        from hookshield.supervisor import die_with_supervisor
+
+        die_with_supervisor()
+
+    role = Role(args.worker_index or 0, args.workers)
+    return uvloop.run(serve(config, args.grace, role))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.path)
     if args.verb == "dlq":
         return _dlq(args)
-    return _run(args.config, args.grace)
+    return _run(args)

@@ -4,21 +4,32 @@ Label values are bounded: `route` is a configured route name, `target` a static 
 origin or, for a dynamic target, the `allow_hosts` glob its host matched (else `other`).
 `Metrics(enabled=False)` keeps the same interface and records nothing (for measuring the
 cost of metrics, or when nothing scrapes them).
+
+With `--workers N` (`supervisor`) every worker writes its values to the shared directory
+named by `PROMETHEUS_MULTIPROC_DIR` and `exposition()` sums them: counters and histograms
+add up, gauges show the highest live worker's value (a breaker open in any worker is open).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Gauge as _Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Webhook latencies: 5 ms to 30 s.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+Gauge = partial(_Gauge, multiprocess_mode="livemax")  # the mode matters only with workers
 
 
 class Metrics:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -73,14 +84,22 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set (the hot path's metrics)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request(self, route: str, outcome: str) -> None:
         if self.enabled:
-            self.requests.labels(route, outcome).inc()
+            self._child(self.requests, route, outcome).inc()
 
     def attempt(self, route: str, target: str, result: str, seconds: float) -> None:
         if self.enabled:
-            self.upstream.labels(route, target, result).inc()
-            self.duration.labels(route, target).observe(seconds)
+            self._child(self.upstream, route, target, result).inc()
+            self._child(self.duration, route, target).observe(seconds)
 
     def fallback(self, route: str, reason: str) -> None:
         if self.enabled:
@@ -103,4 +122,11 @@ class Metrics:
             self.dlq_size.labels(route).set(dead)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

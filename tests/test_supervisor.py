@@ -1,0 +1,206 @@
+"""`hookshield run --workers N` as real processes: one port, summed metrics, restarts, stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.conftest import Target, free_port, wait_for
+from tests.processes import Hookshield
+from tests.test_cli import hookshield
+
+
+def _config(target_url: str, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "queue": {"sqlite_path": str(tmp_path / "queue.db")},
+        "routes": [
+            {"name": "r", "match": {"path_prefix": "/r"}, "target": target_url},
+            {"name": "q", "match": {"path_prefix": "/q"}, "target": target_url, "mode": "async"},
+        ],
+    }
+
+
+def _workers(hs: Hookshield) -> dict[int, int]:
+    """Worker index -> pid, from the supervisor's `worker_started` lines (latest wins)."""
+    started: dict[int, int] = {}
+    for line in hs.log().splitlines():
+        if '"worker_started"' in line:
+            event = json.loads(line)
+            started[event["worker"]] = event["pid"]
+    return started
+
+
+STARTED: list[Hookshield] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_strays() -> Iterator[None]:
+    """A failed test leaves no supervisor behind (and so no workers: they die with it)."""
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
+async def _start(hs: Hookshield, env: dict[str, str] | None = None) -> None:
+    """Start with two workers and wait until both listen (readiness is worker 0's)."""
+    STARTED.append(hs)
+    await hs.start("--workers", "2", env=env, own_group=True)
+    await wait_for(lambda: hs.log().count('"event": "started"') == 2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+async def _fresh_posts(url: str, count: int) -> list[int]:
+    """`count` POSTs, each on its own connection (so the kernel picks a worker for each)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        statuses = []
+        for _ in range(count):
+            async with session.post(url, data=b"{}") as resp:
+                statuses.append(resp.status)
+        return statuses
+
+
+def _served_by(metrics_dir: Path, pid: int) -> float:
+    """The requests a worker counted, read from its own file in the shared metrics dir."""
+    counters: Any = MmapedDict(str(metrics_dir / f"counter_{pid}.db"), read_mode=True)  # type: ignore[no-untyped-call]
+    try:
+        values: list[tuple[str, float, float]] = list(counters.read_all_values())
+    finally:
+        counters.close()
+    return sum(v for key, v, _ in values if '"hookshield_requests_total"' in key)
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(0.3)
+    return web.json_response({"ok": True})
+
+
+async def _six_slow_calls_in_flight(
+    tmp_path: Path, target: Any
+) -> tuple[Hookshield, asyncio.Future[list[list[int]]]]:
+    """Two workers in front of a target answering after 0.3 s, and six calls it holds."""
+    app: Target = await target(_slow)
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs)
+    calls = asyncio.gather(*(_fresh_posts(f"{hs.url}/r", 1) for _ in range(6)))
+    await wait_for(lambda: len(app.seen) == 6)
+    return hs, calls
+
+
+async def test_two_workers_share_the_port_and_metrics_add_up(tmp_path: Path, target: Any) -> None:
+    """With --workers 2 both processes answer on one port and /metrics sums what both counted."""
+    app: Target = await target()
+    metrics_dir = tmp_path / "metrics"
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    assert await _fresh_posts(f"{hs.url}/r", 60) == [200] * 60
+    pids = _workers(hs)
+    assert all(_served_by(metrics_dir, pid) > 0 for pid in pids.values())
+    async with aiohttp.ClientSession() as session, session.get(f"{hs.admin_url}/metrics") as resp:
+        exposition = await resp.text()
+    assert 'hookshield_requests_total{outcome="success",route="r"} 60.0' in exposition
+    assert await hs.stop() == 0
+
+
+async def test_any_worker_enqueues_and_worker_0_delivers(tmp_path: Path, target: Any) -> None:
+    """Async calls accepted by either worker reach the target: one shared queue, one deliverer."""
+    app: Target = await target()
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs)
+    assert await _fresh_posts(f"{hs.url}/q", 20) == [202] * 20
+    await wait_for(lambda: len(app.seen) == 20, timeout_s=10)
+    assert await hs.stop() == 0
+
+
+async def test_a_worker_that_dies_is_restarted(tmp_path: Path, target: Any) -> None:
+    """SIGKILL on worker 1: the supervisor starts a new worker 1 and the port keeps answering."""
+    app: Target = await target()
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs)
+    old = _workers(hs)[1]
+    os.kill(old, signal.SIGKILL)
+    await wait_for(lambda: _workers(hs)[1] != old, timeout_s=10)
+    assert '"worker_exited"' in hs.log()
+    await wait_for(lambda: hs.log().count('"event": "started"') == 3, timeout_s=10)
+    assert await _fresh_posts(f"{hs.url}/r", 20) == [200] * 20
+    assert await hs.stop() == 0
+
+
+async def test_sigterm_drains_every_worker(tmp_path: Path, target: Any) -> None:
+    """One SIGTERM to the supervisor: each worker drains and stops, and the command exits 0."""
+    hs, calls = await _six_slow_calls_in_flight(tmp_path, target)
+    assert await hs.stop() == 0
+    assert await calls == [[200]] * 6  # in-flight calls finished during the drain
+    assert hs.log().count('"event": "stopped"') == 2, hs.log()
+
+
+async def test_sighup_to_the_supervisor_reloads_every_worker(tmp_path: Path, target: Any) -> None:
+    """SIGHUP is passed on: each worker reloads, and a route added to the file answers on
+    connections that land on either worker."""
+    app: Target = await target()
+    config = _config(app.url, tmp_path)
+    hs = Hookshield(tmp_path, config)
+    await _start(hs)
+    assert await _fresh_posts(f"{hs.url}/new", 4) == [404] * 4
+    route = {"name": "new", "match": {"path_prefix": "/new"}, "target": app.url}
+    written = {**config, "routes": [*config["routes"], route]}
+    hs.config_path.write_text(json.dumps({**written, "listen": {"port": hs.listen},
+                                          "admin": {"port": hs.admin}}))  # fmt: skip
+    assert hs.process is not None
+    hs.process.send_signal(signal.SIGHUP)
+    await wait_for(lambda: hs.log().count('"trigger": "SIGHUP"') == 2)
+    assert await _fresh_posts(f"{hs.url}/new", 20) == [200] * 20
+    assert await hs.stop() == 0
+
+
+async def test_ctrl_c_on_the_terminal_drains_the_workers(tmp_path: Path, target: Any) -> None:
+    """SIGINT to the whole foreground process group (Ctrl-C) still drains in-flight calls."""
+    hs, calls = await _six_slow_calls_in_flight(tmp_path, target)
+    assert hs.process is not None
+    os.killpg(hs.process.pid, signal.SIGINT)
+    assert await asyncio.wait_for(hs.process.wait(), 15) == 0
+    assert await calls == [[200]] * 6
+    assert "stopped_without_drain" not in hs.log()
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, target: Any) -> None:
+    """SIGKILL on the supervisor: its workers get SIGTERM, drain and exit; none serves on."""
+    app: Target = await target()
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs)
+    pids = list(_workers(hs).values())
+    hs.kill()
+    await wait_for(lambda: not any(_alive(pid) for pid in pids), timeout_s=10)
+    assert hs.log().count('"event": "stopped"') == 2
+
+
+async def test_address_in_use_stops_every_worker_with_exit_2(tmp_path: Path) -> None:
+    """A taken data port: the workers fail to listen and the command exits 2, not in a restart loop."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()  # no SO_REUSEPORT on this socket: the workers cannot share it
+        port = taken.getsockname()[1]
+        config = {**_config("http://127.0.0.1:9", tmp_path), "listen": {"port": port}}
+        path = tmp_path / "taken.yaml"
+        path.write_text(json.dumps({**config, "admin": {"port": free_port()}}))
+        result = await asyncio.to_thread(hookshield, "run", "--config", str(path), "--workers", "2")
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (data plane)" in result.stdout
