@@ -60,15 +60,15 @@ class RedisServer:
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.exceptions.RedisError:  # BusyLoadingError while reading the AOF, too
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.02)
+        with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.RedisError:  # BusyLoadingError while reading the AOF, too
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.02)
 
     def kill(self) -> None:
         if self.process is not None:
@@ -107,11 +107,11 @@ class RedisCluster:
     def _wait_ok(self, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
-            client = redis.Redis(port=node.port)
-            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):  # type: ignore[no-untyped-call]
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the test cluster did not reach cluster_state:ok")
-                time.sleep(0.05)
+            with redis.Redis(port=node.port) as client:
+                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the test cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -147,15 +147,15 @@ class RedisSentinel:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        while True:
-            try:
-                if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):  # type: ignore[no-untyped-call]
-                    return self
-            except redis.exceptions.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
+        with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
+            while True:
+                try:
+                    if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                        return self
+                except redis.exceptions.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
 
     def flush(self) -> None:
         redis.Redis(port=self.master.port).flushall()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from hookshield.queue.base import Delivery, DeliveryStore
+from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
 from hookshield.queue.redis import RedisStore
 from hookshield.queue.sqlite import SqliteStore
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
@@ -198,3 +198,73 @@ async def test_stale_holder_cannot_bury_or_reschedule(store: DeliveryStore) -> N
     assert not await store.reschedule(old, now)
     assert await store.dead_letters(None, 10) == []
     assert await store.complete(new)
+
+
+async def test_concurrent_enqueues_each_get_their_own_answer(store: DeliveryStore) -> None:
+    """300 enqueues at once (group-committed): each is stored once; per dedupe key the first wins."""
+    now = time.time()
+    items = [(delivery(), f"key-{i % 30}" if i % 2 else None) for i in range(300)]
+    answers = await asyncio.gather(*(store.enqueue(d, key, now) for d, key in items))
+    first: dict[str, str] = {}
+    for (d, key), (found, duplicate) in zip(items, answers, strict=True):
+        if key is None or key not in first:
+            assert (found, duplicate) == (d.id, False)
+            first.setdefault(key or d.id, d.id)
+        else:
+            assert (found, duplicate) == (first[key], True)
+    leased = await store.lease(time.time(), 1000, 30)
+    assert sorted(d.id for d in leased) == sorted(set(first.values()))
+
+
+async def test_redis_enqueue_answers_only_after_redis_acknowledged(
+    redis_standalone: RedisServer,
+) -> None:
+    """While Redis holds writes (CLIENT PAUSE WRITE), no enqueue of the batch is answered."""
+    redis.Redis(port=redis_standalone.port).flushall()
+    store = RedisStore(redis_standalone.url)
+    admin = redis.Redis(port=redis_standalone.port)
+    try:
+        await store.ping()
+        admin.execute_command("CLIENT", "PAUSE", 400, "WRITE")  # type: ignore[no-untyped-call]
+        paused_at = time.monotonic()
+        items = [delivery() for _ in range(50)]
+        answers = await asyncio.gather(*(store.enqueue(d, None, time.time()) for d in items))
+        assert time.monotonic() - paused_at >= 0.35  # held until Redis took the writes
+        assert answers == [(d.id, False) for d in items]
+        assert redis.Redis(port=redis_standalone.port).zcard("{hookshield}:q") == 50
+    finally:
+        admin.close()
+        await store.close()
+
+
+async def test_redis_refusing_a_write_is_store_unavailable(redis_standalone: RedisServer) -> None:
+    """A write Redis refuses (OOM under maxmemory) is StoreUnavailable, not acknowledged."""
+    admin = redis.Redis(port=redis_standalone.port)
+    admin.flushall()
+    store = RedisStore(redis_standalone.url)
+    try:
+        await store.ping()
+        admin.config_set("maxmemory", 1)
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            await store.enqueue(delivery(), None, time.time())
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+        await store.close()
+    assert redis.Redis(port=redis_standalone.port).zcard("{hookshield}:q") == 0
+
+
+async def test_redis_scripts_flushed_are_loaded_again(redis_standalone: RedisServer) -> None:
+    """After SCRIPT FLUSH (as after a Redis restart) writes still succeed: scripts reloaded."""
+    admin = redis.Redis(port=redis_standalone.port)
+    admin.flushall()
+    store = RedisStore(redis_standalone.url)
+    try:
+        first, second = delivery(), delivery()
+        assert await store.enqueue(first, None, time.time()) == (first.id, False)
+        admin.script_flush()
+        assert await store.enqueue(second, None, time.time()) == (second.id, False)
+        assert admin.zcard("{hookshield}:q") == 2
+    finally:
+        admin.close()
+        await store.close()

@@ -28,7 +28,8 @@ from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
 LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
-CAP_DEFER_S = 0.2  # a delivery whose target is at its cap tries again this much later
+CAP_WAIT_S = 0.05  # a delivery whose target is at its cap waits this long for a free slot,
+CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much later
 MAX_RETRY_AFTER_S = 24 * 3600.0
 STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
 
@@ -77,7 +78,7 @@ class Deliverer:
         self.per_target = per_target or max(1, workers // 2)
         self.poll_s = poll_s
         self._active: dict[asyncio.Task[None], Delivery] = {}
-        self._by_origin: dict[str, int] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}  # per target origin, `per_target` each
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -158,14 +159,26 @@ class Deliverer:
         if plan is None or not plan.queues:
             await self._bury(delivery, "route_removed")
             return
-        if self._by_origin.get(delivery.origin, 0) >= self.per_target:
+        if not await self._take_slot(delivery.origin):
             await self._defer(delivery, CAP_DEFER_S)
             return
-        self._by_origin[delivery.origin] = self._by_origin.get(delivery.origin, 0) + 1
         try:
             await self._send(plan, delivery)
         finally:
-            self._by_origin[delivery.origin] -= 1
+            self._slots[delivery.origin].release()
+
+    async def _take_slot(self, origin: str) -> bool:
+        """One of the origin's `per_target` slots, waiting up to `CAP_WAIT_S` for it (a slot
+        usually frees within one round trip; a store write to defer costs more)."""
+        slots = self._slots.get(origin)
+        if slots is None:
+            slots = self._slots[origin] = asyncio.Semaphore(self.per_target)
+        try:
+            async with asyncio.timeout(CAP_WAIT_S):
+                await slots.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _defer(self, delivery: Delivery, pause_s: float) -> None:
         """Later again, without using up an attempt."""
@@ -182,10 +195,11 @@ class Deliverer:
         headers = _headers(plan, delivery, number)
         limit = self.state.config.max_response_bytes
         sending = send(
-            plan.session,
+            plan.client,
             delivery.method,
             delivery.url,
-            headers,
+            delivery.origin,
+            list(headers.items()),
             delivery.body,
             plan.timeout_s,
             limit,

@@ -9,6 +9,10 @@ shard). Keys:
 - `{hookshield}:dead` and `{hookshield}:dead:<route>`: ZSETs of dead ids by failure time
 - `{hookshield}:depth`: HASH route -> due + leased count
 - `{hookshield}:idem:<route>:<key>`: the first delivery id for a dedupe key, expiring in 24 h
+
+Enqueues and the outcomes of deliveries (complete, reschedule, bury) are group-committed
+(`batch`): those made concurrently go to Redis as one pipeline of script calls, and each
+caller gets its own script's reply.
 """
 
 from __future__ import annotations
@@ -26,17 +30,16 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from hookshield import logs
+from hookshield.queue import resp
 from hookshield.queue.base import DEDUPE_TTL_S, Delivery, StoreUnavailable
+from hookshield.queue.batch import Batcher, Write
 from hookshield.queue.scripts import SCRIPTS
 
 P = "{hookshield}"
 Q, DEPTH, DEAD = f"{P}:q", f"{P}:depth", f"{P}:dead"
-_ERRORS = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ClusterError,
-    OSError,
-)
+# Any error Redis or the connection gives means the write is not acknowledged: a lost
+# connection, a timeout, a Cluster error, or a refusal such as OOM or READONLY.
+_ERRORS = (redis_errors.RedisError, OSError)
 _OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
     "socket_timeout": 2.0,
@@ -75,6 +78,7 @@ class RedisStore:
         self._client, self._sentinel = connect(url)
         self._shas: dict[str, str] = {}
         self._checked = False
+        self._batch = Batcher(self._write_batch)
 
     async def _prepare(self) -> None:
         """On first use: switch to the cluster client if this is a Cluster; warn on risky settings."""
@@ -109,19 +113,59 @@ class RedisStore:
                 detail=f"maxmemory-policy {policy} may evict queued deliveries",
             )
 
+    async def _sha(self, name: str) -> str:
+        """The script's SHA1, loading the script into Redis when it is not known yet (at first
+        use, and after `_shas` was cleared because Redis forgot its scripts)."""
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = await self._client.script_load(SCRIPTS[name])
+        return sha
+
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script call, for the writes that are not group-committed."""
         try:
             await self._prepare()
-            sha = self._shas.get(name)
-            if sha is not None:
-                try:
-                    return await self._client.evalsha(sha, len(keys), *keys, *args)
-                except redis_errors.NoScriptError:
-                    pass
-            self._shas[name] = await self._client.script_load(SCRIPTS[name])
-            return await self._client.evalsha(self._shas[name], len(keys), *keys, *args)
+            try:
+                return await self._client.evalsha(await self._sha(name), len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                self._shas.clear()
+                return await self._client.evalsha(await self._sha(name), len(keys), *keys, *args)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def _write_batch(self, writes: list[Write]) -> list[Any]:
+        """Every write's script call in one batch (`_send`); a script Redis forgot (after a
+        restart) is loaded again and the writes it refused are sent once more."""
+        try:
+            await self._prepare()
+            replies = await self._send(writes)
+            forgotten = [
+                i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+            ]
+            if forgotten:
+                self._shas.clear()
+                for i, reply in zip(
+                    forgotten, await self._send([writes[i] for i in forgotten]), strict=True
+                ):
+                    replies[i] = reply
+            return [
+                StoreUnavailable(f"redis: {r}") if isinstance(r, _ERRORS) else r for r in replies
+            ]
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def _send(self, writes: list[Write]) -> list[Any]:
+        """One write to Redis for the whole batch (a Cluster: redis-py's pipeline)."""
+        calls = [
+            ("EVALSHA", await self._sha(name), len(keys), *keys, *args)
+            for name, keys, args in writes
+        ]
+        if isinstance(self._client, Redis):
+            return await resp.exchange(self._client, [resp.pack(*call) for call in calls])
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command(*call)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _call(self, command: str, *args: Any) -> Any:
         try:
@@ -137,7 +181,7 @@ class RedisStore:
         keys = [Q, _d(delivery.id), DEPTH, idem]
         args = [delivery.id, delivery.route, delivery.meta(), delivery.body, due_at,
                 "1" if dedupe_key is not None else "0", int(DEDUPE_TTL_S * 1000)]  # fmt: skip
-        found, duplicate = await self._script("enqueue", keys, args)
+        found, duplicate = await self._batch.call(("enqueue", keys, args))
         return found.decode(), bool(duplicate)
 
     async def lease(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
@@ -145,20 +189,17 @@ class RedisStore:
         return [Delivery.load(meta, body, token.decode()) for token, meta, body in rows]
 
     async def complete(self, delivery: Delivery) -> bool:
-        return bool(
-            await self._script(
-                "complete", [Q, _d(delivery.id), DEPTH], [delivery.id, delivery.lease]
-            )
-        )
+        keys = [Q, _d(delivery.id), DEPTH]
+        return bool(await self._batch.call(("complete", keys, [delivery.id, delivery.lease])))
 
     async def reschedule(self, delivery: Delivery, due_at: float) -> bool:
         args = [delivery.id, delivery.lease, delivery.meta(), due_at]
-        return bool(await self._script("reschedule", [Q, _d(delivery.id)], args))
+        return bool(await self._batch.call(("reschedule", [Q, _d(delivery.id)], args)))
 
     async def bury(self, delivery: Delivery) -> bool:
         keys = [Q, _d(delivery.id), DEPTH, DEAD, _dead(delivery.route)]
         args = [delivery.id, delivery.lease, delivery.meta(), delivery.failed_at or 0.0]
-        return bool(await self._script("bury", keys, args))
+        return bool(await self._batch.call(("bury", keys, args)))
 
     async def release(self, deliveries: list[Delivery], now: float) -> None:
         for delivery in deliveries:
@@ -204,6 +245,7 @@ class RedisStore:
         await self._call("ping")
 
     async def close(self) -> None:
+        await self._batch.drain()
         await self._client.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
