@@ -62,22 +62,34 @@ async def run_open(url: str, requests: int, rate: float) -> Result:
     """Open loop: `requests` POSTs sent at a fixed `rate`, whatever the answers do.
 
     Latency counts from each request's scheduled send time, so queueing is not hidden.
+    Requests are started as they fall due (not created up front), so a long run at a high
+    rate holds only the requests in flight.
     """
     latencies: list[float] = []
     errors = 0
     clock = time.perf_counter  # uvloop's loop.time() ticks in whole milliseconds
+    in_flight: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(scheduled: float) -> None:
             nonlocal errors
-            await asyncio.sleep(max(0.0, scheduled - clock()))
-            async with session.post(url, data=PAYLOAD) as resp:
-                await resp.read()
-                errors += resp.status not in (200, 202)
+            try:
+                async with session.post(url, data=PAYLOAD) as resp:
+                    await resp.read()
+                    errors += resp.status not in (200, 202)
+            except aiohttp.ClientError:
+                errors += 1
             latencies.append(clock() - scheduled)
 
         start = clock() + 0.05
-        await asyncio.gather(*(one(start + i / rate) for i in range(requests)))
+        for i in range(requests):
+            scheduled = start + i / rate
+            if scheduled > clock():
+                await asyncio.sleep(scheduled - clock())
+            task = asyncio.create_task(one(scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
         elapsed = clock() - start
     return Result(
         throughput=len(latencies) / elapsed,
@@ -85,3 +97,24 @@ async def run_open(url: str, requests: int, rate: float) -> Result:
         p99_ms=percentile(latencies, 0.99) * 1000,
         errors=errors,
     )
+
+
+async def flood(url: str, concurrency: int) -> dict[int, int]:
+    """`concurrency` POSTs at once, each on its own connection: how many got which status
+    (0: the connection failed)."""
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one() -> None:
+            try:
+                async with session.post(url, data=PAYLOAD) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    return statuses

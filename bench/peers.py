@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.load import PAYLOAD
+from bench.load import PAYLOAD, Result
 from bench.procs import free_port, pinned, wait_http
 
 NGINX_CONF = """
@@ -50,12 +49,7 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-@dataclass(frozen=True)
-class WrkResult:
-    throughput: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+WrkResult = Result
 
 
 def _ms(text: str) -> float:
@@ -128,17 +122,10 @@ def nginx(workdir: Path) -> Iterator[Nginx | None]:
             process.wait(timeout=10)
 
 
-def wrk_rows(
-    urls: dict[str, str], workdir: Path, rounds: int, seconds: int
-) -> dict[str, list[WrkResult]]:
-    """Each path in turn, `rounds` times; an empty result when wrk is not installed."""
+def wrk_script(workdir: Path) -> Path | None:
+    """wrk's Lua script for the bench POST, or None when wrk is not installed."""
     if shutil.which("wrk") is None:
-        return {}
+        return None
     script = workdir / "post.lua"
     script.write_text(LUA.format(body=PAYLOAD.decode()))
-    results: dict[str, list[WrkResult]] = {name: [] for name in urls}
-    for _ in range(rounds):
-        for name, url in urls.items():
-            results[name].append(run_wrk(url, script, seconds, 32))
-            time.sleep(0.5)
-    return results
+    return script

@@ -39,3 +39,16 @@ def wait_http(url: str, timeout_s: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def wait_port(port: int, timeout_s: float = 20.0) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
