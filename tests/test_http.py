@@ -244,3 +244,28 @@ async def test_oversized_declared_body_refused_before_it_is_sent(proxy: Any, tar
     writer.close()
     assert answer.startswith(b"HTTP/1.1 413")
     assert b"PAYLOAD_TOO_LARGE" in answer
+
+
+async def test_answer_headers_filtered_and_passed_back_byte_for_byte(proxy: Any) -> None:
+    """Hop-by-hop, Connection-named, X-Hookshield-* and (with a rate limit) the target's own
+    X-RateLimit-* headers are dropped; the rest come back with their bytes unchanged."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nX-Hookshield-Outcome: forged\r\nX-RateLimit-Limit: 1\r\n"
+            b"X-Latin: caf\xe9\r\nx-lower: kept\r\nContent-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+
+    async with raw_target(answer) as url:
+        client = await proxy(one_route(url, rate_limit={"per_second": 100, "burst": 50}))
+        resp = await client.post("/h", data=b"{}")
+        headers = resp.headers
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        assert (b"X-Latin", b"caf\xe9") in resp.raw_headers
+        assert headers["x-lower"] == "kept"
+        assert (headers["X-Hookshield-Outcome"], headers["X-RateLimit-Limit"]) == ("upstream", "50")
+        assert ("X-Hop" in headers, "Keep-Alive" in headers) == (False, False)
+        assert len(headers.getall("X-RateLimit-Limit")) == 1

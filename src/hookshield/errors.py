@@ -12,8 +12,6 @@ from multidict import CIMultiDict
 
 from hookshield.httpserver import Answer
 
-OUTCOME_HEADER = "X-Hookshield-Outcome"
-
 
 class ProxyError(Exception):
     """Base of hookshield-made error answers; subclasses fix status, code and fallback reason."""
@@ -29,7 +27,7 @@ class ProxyError(Exception):
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
-        headers = {OUTCOME_HEADER: f"error:{self.code}"}
+        headers = {}
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, int(self.retry_after_s + 0.999)))
         return headers
@@ -38,7 +36,7 @@ class ProxyError(Exception):
         body = {"success": False, "error": self.message, "code": self.code, "requestId": request_id}
         headers = CIMultiDict(self.headers())
         headers["Content-Type"] = "application/json"
-        return Answer(self.status, headers, json.dumps(body).encode())
+        return Answer(self.status, headers, json.dumps(body).encode(), outcome=f"error:{self.code}")
 
 
 class Timeout(ProxyError):

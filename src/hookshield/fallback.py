@@ -16,7 +16,6 @@ from multidict import CIMultiDict
 
 from hookshield.breaker import Clock
 from hookshield.config.models import FallbackConfig
-from hookshield.errors import OUTCOME_HEADER
 from hookshield.httpserver import Answer
 
 
@@ -82,5 +81,5 @@ class Fallback:
             answer = Answer(static.status, CIMultiDict(static.headers), static.body)
         else:
             return None
-        answer.headers[OUTCOME_HEADER] = f"fallback:{reason}"
+        answer.outcome = f"fallback:{reason}"
         return answer

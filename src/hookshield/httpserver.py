@@ -21,8 +21,9 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+OUTCOME_HEADER = "X-Hookshield-Outcome"  # on every data-plane answer (SPEC §4)
 _MAX_PIPELINED = 32  # queued requests on one connection before it stops reading
 
 
@@ -45,26 +46,36 @@ class Answer:
     status: int
     headers: CIMultiDict[str]
     body: bytes
+    passed: bytes = b""  # header lines passed through as received (a target's), before `headers`
+    outcome: str = ""  # how it was answered (SPEC §4): sent as `X-Hookshield-Outcome`
 
 
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
 def encode_answer(answer: Answer, keep_alive: bool, head: bool = False) -> bytes:
-    """Status line, the answer's headers, `Content-Length` (none for 1xx/204/304), body."""
+    """Status line, the passed and own headers, the outcome, `Content-Length` (none for
+    1xx/204/304), body."""
     status = answer.status
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in answer.headers.items()]
+    own = "".join([f"{name}: {value}\r\n" for name, value in answer.headers.items()])
+    if answer.outcome:
+        own += f"{OUTCOME_HEADER}: {answer.outcome}\r\n"
+    parts = [
+        _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
+        answer.passed,
+        own.encode("latin-1", "replace"),
+    ]
     body = answer.body
     if status < 200 or status in (204, 304):
         body = b""
     else:
-        lines.append(f"Content-Length: {len(body)}\r\n")
+        parts.append(b"Content-Length: %d\r\n" % len(body))
     if not keep_alive:
-        lines.append("Connection: close\r\n")
-    lines.append("\r\n")
-    encoded = "".join(lines).encode("latin-1", "replace")
-    return encoded if head else encoded + body
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
 
 
 class HttpConnection(asyncio.Protocol):

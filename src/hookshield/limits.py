@@ -11,6 +11,8 @@ import time
 from hookshield.breaker import Clock
 from hookshield.config.models import RateLimitConfig
 
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
 
 class TokenBucket:
     """`burst` tokens, refilled at `per_second`; one token per request."""
@@ -40,11 +42,8 @@ class TokenBucket:
     def headers(self) -> dict[str, str]:
         """`X-RateLimit-Limit/Remaining/Reset` (Reset: seconds until the bucket is full)."""
         reset = math.ceil((self.capacity - self._tokens) / self.rate)
-        return {
-            "X-RateLimit-Limit": str(int(self.capacity)),
-            "X-RateLimit-Remaining": str(int(self._tokens)),
-            "X-RateLimit-Reset": str(reset),
-        }
+        values = (str(int(self.capacity)), str(int(self._tokens)), str(reset))
+        return dict(zip(RATE_LIMIT_HEADERS, values, strict=True))
 
 
 class Bulkhead:

@@ -22,7 +22,6 @@ from hookshield import logs
 from hookshield.attempt import attempt
 from hookshield.breaker import Breaker
 from hookshield.errors import (
-    OUTCOME_HEADER,
     BadRequest,
     CircuitOpen,
     Overloaded,
@@ -34,7 +33,6 @@ from hookshield.errors import (
     UpstreamUnreachable,
 )
 from hookshield.fallback import cache_key
-from hookshield.headers import returned
 from hookshield.httpserver import Answer, Request
 from hookshield.queue.base import Delivery, StoreUnavailable
 from hookshield.runtime import RoutePlan, State
@@ -124,7 +122,7 @@ async def _fallback(plan: RoutePlan, call: Call, error: ProxyError) -> Answer | 
         return answer
     queued = await enqueue(plan, call)
     if answer is None:
-        queued.headers[OUTCOME_HEADER] = f"fallback:{error.fallback_reason}"
+        queued.outcome = f"fallback:{error.fallback_reason}"
         return queued
     return answer
 
@@ -154,8 +152,8 @@ async def enqueue(plan: RoutePlan, call: Call) -> Answer:
     if duplicate:
         body["duplicate"] = True
     headers = CIMultiDict({"Content-Type": "application/json"})
-    headers[OUTCOME_HEADER] = "duplicate" if duplicate else "queued"
-    return Answer(202, headers, json.dumps(body).encode())
+    outcome = "duplicate" if duplicate else "queued"
+    return Answer(202, headers, json.dumps(body).encode(), outcome=outcome)
 
 
 async def limited(plan: RoutePlan, call: Call) -> Answer:
@@ -184,12 +182,12 @@ async def forward(plan: RoutePlan, call: Call) -> Answer:
     answer = await attempts(plan, call, url, origin, plan.breakers.get(origin))
     if answer.status >= 500 and not plan.config.pass_errors:
         raise UpstreamError(f"the target answered {answer.status}")
-    headers = returned(answer.headers)
     if plan.fallback is not None:
         key = cache_key(call.request.method, call.request.raw_path, call.body)
-        plan.fallback.remember(key, answer.status, headers, answer.body)
-    headers[OUTCOME_HEADER] = "upstream"
-    return Answer(answer.status, headers, answer.body)
+        returned = plan.headers.returned(answer.headers)
+        plan.fallback.remember(key, answer.status, returned, answer.body)
+    passed = plan.headers.returned_lines(answer.raw_headers)
+    return Answer(answer.status, CIMultiDict(), answer.body, passed, "upstream")
 
 
 async def attempts(
@@ -275,7 +273,7 @@ def _observe(
 ) -> None:
     """The request's metrics (outcome, fallback reason) and its one log line."""
     route = plan.config.name if plan else "-"
-    outcome = response.headers.get(OUTCOME_HEADER, "")
+    outcome = response.outcome
     kind, _, reason = outcome.partition(":")
     state.metrics.request(route, _OUTCOME_METRIC.get(kind, kind))
     if kind == "fallback":

@@ -25,7 +25,7 @@ from hookshield.config.routes import compile_host_globs
 from hookshield.fallback import Fallback
 from hookshield.headers import HeaderPolicy
 from hookshield.health import HealthCheck
-from hookshield.limits import Bulkhead, TokenBucket
+from hookshield.limits import RATE_LIMIT_HEADERS, Bulkhead, TokenBucket
 from hookshield.metrics import Metrics
 from hookshield.queue.base import DeliveryStore
 from hookshield.routing import Router
@@ -109,7 +109,9 @@ def build_plan(
         config=route,
         target_label=label,
         resolver=resolver_for(target),
-        headers=HeaderPolicy(route.headers, replaced),
+        headers=HeaderPolicy(
+            route.headers, replaced, RATE_LIMIT_HEADERS if route.rate_limit else ()
+        ),
         signer=signer,
         client=client,
         timeout_s=route.timeout_ms / 1000.0,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
 from hookshield.config.models import Network
 from hookshield.errors import TargetForbidden, Timeout, UpstreamError, UpstreamUnreachable
-from hookshield.headers import Pairs
+from hookshield.headers import Pairs, RawPairs
 from hookshield.httpclient import AnswerTooLarge, Connection, ConnectionFailed, Pool, pool_for
 from hookshield.netguard import ForbiddenAddress
 
@@ -25,11 +24,24 @@ DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
-@dataclass(slots=True)
 class UpstreamResponse:
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
+    """A target's answer. Its header lines stay as received (`raw_headers`); `headers`
+    decodes them on first use (the sync data plane passes them back without that)."""
+
+    __slots__ = ("_headers", "body", "raw_headers", "status")
+
+    def __init__(self, status: int, raw_headers: RawPairs, body: bytes) -> None:
+        self.status, self.raw_headers, self.body = status, raw_headers, body
+        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.raw_headers
+            )
+        return self._headers
 
 
 class Client:
@@ -118,8 +130,7 @@ async def send(
             raise
         raise error from exc
     pool.give_back(connection, loop.time())
-    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw.headers]
-    return UpstreamResponse(raw.status, CIMultiDict(decoded), raw.body)
+    return UpstreamResponse(raw.status, raw.headers, raw.body)
 
 
 def _translated(exc: BaseException, timeout_s: float, limit: int) -> BaseException:
