@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hookshield.proxy import new_request_id
 from tests.conftest import Target, free_port
 
 
@@ -253,3 +254,12 @@ async def test_answer_over_response_limit_is_upstream_error(proxy: Any, target: 
         assert (resp.status, (await resp.json())["code"]) == (502, "UPSTREAM_ERROR"), path
     exact = await client.post("/hook/exact")
     assert (exact.status, len(await exact.read())) == (200, 1000)
+
+
+def test_generated_request_ids_are_distinct_version_4_uuids() -> None:
+    """new_request_id gives RFC 4122 version-4 UUIDs in canonical form, no repeats."""
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (str(parsed), parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)

@@ -113,10 +113,16 @@ async def test_two_workers_share_the_port_and_metrics_add_up(tmp_path: Path, tar
     await _start(hs, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     assert await _fresh_posts(f"{hs.url}/r", 60) == [200] * 60
     pids = _workers(hs)
-    assert all(_served_by(metrics_dir, pid) > 0 for pid in pids.values())
-    async with aiohttp.ClientSession() as session, session.get(f"{hs.admin_url}/metrics") as resp:
-        exposition = await resp.text()
-    assert 'hookshield_requests_total{outcome="success",route="r"} 60.0' in exposition
+    await wait_for(lambda: all(_served_by(metrics_dir, pid) > 0 for pid in pids.values()))
+    summed = 'hookshield_requests_total{outcome="success",route="r"} 60.0'
+    async with aiohttp.ClientSession() as session:  # each worker folds its counts once a second
+        for _ in range(50):
+            async with session.get(f"{hs.admin_url}/metrics") as resp:
+                if summed in await resp.text():
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"/metrics never showed {summed}")
     assert await hs.stop() == 0
 
 

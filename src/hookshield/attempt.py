@@ -8,7 +8,7 @@ the metrics and the recent-window statistics. A cancelled attempt gives no verdi
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from hookshield import outcomes
 from hookshield.breaker import Breaker, Ticket
@@ -23,12 +23,13 @@ async def attempt(
     origin: str,
     breaker: Breaker,
     ticket: Ticket,
-    sending: Awaitable[UpstreamResponse],
+    sending: Callable[[], Awaitable[UpstreamResponse]],
 ) -> UpstreamResponse:
-    """The target's answer, or the `Timeout`/`UpstreamUnreachable`/... raised by sending."""
+    """The target's answer, or the `Timeout`/`UpstreamUnreachable`/... raised by `sending()`
+    (called here, so that whatever it raises gives the ticket back)."""
     started = time.perf_counter()
     try:
-        answer = await sending
+        answer = await sending()
     except ProxyError as exc:
         kind = outcomes.of_error(exc)
         if kind is None:

@@ -16,6 +16,7 @@ import email.utils
 import logging
 import random
 import time
+from functools import partial
 
 from multidict import CIMultiDict
 
@@ -194,7 +195,8 @@ class Deliverer:
         number = delivery.attempts + 1
         headers = _headers(plan, delivery, number)
         limit = self.state.config.max_response_bytes
-        sending = send(
+        sending = partial(
+            send,
             plan.client,
             delivery.method,
             delivery.url,

@@ -5,16 +5,23 @@ origin or, for a dynamic target, the `allow_hosts` glob its host matched (else `
 `Metrics(enabled=False)` keeps the same interface and records nothing (for measuring the
 cost of metrics, or when nothing scrapes them).
 
+The per-request metrics (requests, attempts and their durations, delivery attempts) are
+tallied in plain dicts on the hot path and folded into the Prometheus metrics by `fold`:
+before every scrape and once a second (`fold_every`, run by the lifecycle). A Prometheus
+counter or histogram update takes a lock and walks Python code; a tally is one dict update.
+
 With `--workers N` (`supervisor`) every worker writes its values to the shared directory
 named by `PROMETHEUS_MULTIPROC_DIR` and `exposition()` sums them: counters and histograms
 add up, gauges show the highest live worker's value (a breaker open in any worker is open).
+Another worker's counts reach a scrape within a second (its next fold).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from functools import partial
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import Gauge as _Gauge
@@ -24,12 +31,56 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 Gauge = partial(_Gauge, multiprocess_mode="livemax")  # the mode matters only with workers
+FOLD_S = 1.0
+
+
+class CounterTally:
+    """Increments of one counter by label values, folded into it later."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def add(self, labels: tuple[str, ...]) -> None:
+        counts = self.counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def fold(self) -> None:
+        counts, self.counts = self.counts, {}
+        for labels, n in counts.items():
+            self.counter.labels(*labels).inc(n)
+
+
+class HistogramTally:
+    """Observations of one histogram by label values: per bucket counts and their sum.
+
+    `fold` adds them to the histogram's own bucket and sum values, as `observe` would one by
+    one (`tests/test_metrics.py` checks the result against `observe` itself)."""
+
+    def __init__(self, histogram: Histogram, buckets: tuple[float, ...]) -> None:
+        self.histogram, self.buckets = histogram, buckets
+        self.tallies: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        tally = self.tallies.get(labels)
+        if tally is None:  # one count per bucket (the last one +Inf), then the sum
+            tally = self.tallies[labels] = [0.0] * (len(self.buckets) + 2)
+        tally[bisect_left(self.buckets, value)] += 1
+        tally[-1] += value
+
+    def fold(self) -> None:
+        tallies, self.tallies = self.tallies, {}
+        for labels, tally in tallies.items():
+            child = self.histogram.labels(*labels)
+            for value, n in zip(child._buckets, tally[:-1], strict=True):
+                if n:
+                    value.inc(n)
+            child._sum.inc(tally[-1])
 
 
 class Metrics:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -83,23 +134,33 @@ class Metrics:
         )  # fmt: skip
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        self._requests = CounterTally(self.requests)
+        self._attempts = CounterTally(self.upstream)
+        self._durations = HistogramTally(self.duration, BUCKETS)
+        self._deliveries = CounterTally(self.delivery_attempts)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, looked up once per label set (the hot path's metrics)."""
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def fold(self) -> None:
+        """Add what the hot path tallied to the Prometheus metrics."""
+        for tally in (self._requests, self._attempts, self._durations, self._deliveries):
+            tally.fold()
+
+    async def fold_every(self, interval_s: float = FOLD_S) -> None:
+        """Fold once per `interval_s`, for as long as the task runs (and once when cancelled)."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                self.fold()
+        finally:
+            self.fold()
 
     def request(self, route: str, outcome: str) -> None:
         if self.enabled:
-            self._child(self.requests, route, outcome).inc()
+            self._requests.add((route, outcome))
 
     def attempt(self, route: str, target: str, result: str, seconds: float) -> None:
         if self.enabled:
-            self._child(self.upstream, route, target, result).inc()
-            self._child(self.duration, route, target).observe(seconds)
+            self._attempts.add((route, target, result))
+            self._durations.observe((route, target), seconds)
 
     def fallback(self, route: str, reason: str) -> None:
         if self.enabled:
@@ -113,7 +174,7 @@ class Metrics:
 
     def delivery(self, route: str, result: str) -> None:
         if self.enabled:
-            self.delivery_attempts.labels(route, result).inc()
+            self._deliveries.add((route, result))
 
     def sizes(self, sizes: dict[str, tuple[int, int]], routes: list[str]) -> None:
         for route in routes:
@@ -122,6 +183,7 @@ class Metrics:
             self.dlq_size.labels(route).set(dead)
 
     def exposition(self) -> bytes:
+        self.fold()
         shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if not shared:
             return generate_latest(self.registry)

@@ -14,7 +14,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 
 from multidict import CIMultiDict
 
@@ -34,6 +36,7 @@ from hookshield.errors import (
 )
 from hookshield.fallback import cache_key
 from hookshield.httpserver import Answer, Request
+from hookshield.limits import Bulkhead
 from hookshield.queue.base import Delivery, StoreUnavailable
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
@@ -96,15 +99,27 @@ async def handle(state: State, request: Request) -> Answer:
 
 def new_request_id() -> str:
     """A random version-4 UUID, from `random` (no system call, unlike `uuid.uuid4`)."""
-    digits = f"{random.getrandbits(128):032x}"
-    variant = "89ab"[int(digits[16], 16) & 3]
-    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+    bits = random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+    digits = f"{bits:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version nibble and the variant's two bits
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)  # version 4, variant RFC 4122 (binary 10)
 
 
 async def serve(plan: RoutePlan, call: Call) -> Answer:
-    """The target's answer, or the route's fallback for a failure that has one."""
+    """Within the route's limits: queued (async) or the target's answer (sync); on a failure
+    that has one, the route's fallback."""
     try:
-        return await limited(plan, call)
+        bulkhead = admit(plan)
+        if plan.config.mode == "async":
+            return await enqueue(plan, call)
+        try:
+            return await forward(plan, call)
+        finally:
+            if bulkhead is not None:
+                bulkhead.leave()
     except ProxyError as exc:
         answer = await _fallback(plan, call, exc)
         if answer is None:
@@ -156,22 +171,17 @@ async def enqueue(plan: RoutePlan, call: Call) -> Answer:
     return Answer(202, headers, json.dumps(body).encode(), outcome=outcome)
 
 
-async def limited(plan: RoutePlan, call: Call) -> Answer:
-    """Apply the rate limit; then queue (async routes) or apply the bulkhead and forward."""
+def admit(plan: RoutePlan) -> Bulkhead | None:
+    """Take a rate-limit token and, for a sync call, a bulkhead slot (returned, to be left)."""
     if plan.bucket is not None and not plan.bucket.take():
         raise RateLimited(
             "the route's rate limit is reached", retry_after_s=plan.bucket.retry_after_s()
         )
-    if plan.config.mode == "async":
-        return await enqueue(plan, call)
-    if plan.bulkhead is None:
-        return await forward(plan, call)
+    if plan.bulkhead is None or plan.config.mode == "async":
+        return None
     if not plan.bulkhead.enter():
         raise Overloaded(f"the route already has {plan.bulkhead.limit} calls in flight")
-    try:
-        return await forward(plan, call)
-    finally:
-        plan.bulkhead.leave()
+    return plan.bulkhead
 
 
 async def forward(plan: RoutePlan, call: Call) -> Answer:
@@ -193,20 +203,25 @@ async def forward(plan: RoutePlan, call: Call) -> Answer:
 async def attempts(
     plan: RoutePlan, call: Call, url: str, origin: str, breaker: Breaker
 ) -> UpstreamResponse:
-    """One attempt, and more while `retry.sync_attempts` and the deadline allow."""
-    attempt = 1
+    """One attempt under the breaker (503 `CIRCUIT_OPEN` at once when it is open), and more
+    while `retry.sync_attempts` and the deadline allow."""
+    number = 1
     while True:
+        ticket = breaker.acquire()
+        if ticket is None:
+            raise CircuitOpen("the target's circuit is open", retry_after_s=breaker.retry_after_s())
         try:
-            answer = await attempt_once(plan, call, url, origin, breaker)
+            sending = partial(_send, plan, call, url, origin)
+            answer = await attempt(call.state, plan, origin, breaker, ticket, sending)
         except UpstreamUnreachable:
-            if not await _retry_pause(plan, call, attempt):
+            if not await _retry_pause(plan, call, number):
                 raise
         else:
             if answer.status not in _SYNC_RETRY_STATUSES or not await _retry_pause(
-                plan, call, attempt
+                plan, call, number
             ):
                 return answer
-        attempt += 1
+        number += 1
 
 
 async def _retry_pause(plan: RoutePlan, call: Call, attempt: int) -> bool:
@@ -220,17 +235,9 @@ async def _retry_pause(plan: RoutePlan, call: Call, attempt: int) -> bool:
     return True
 
 
-async def attempt_once(
-    plan: RoutePlan, call: Call, url: str, origin: str, breaker: Breaker
-) -> UpstreamResponse:
-    """One call to the target under its breaker, or 503 `CIRCUIT_OPEN` at once."""
-    ticket = breaker.acquire()
-    if ticket is None:
-        raise CircuitOpen("the target's circuit is open", retry_after_s=breaker.retry_after_s())
-    return await attempt(call.state, plan, origin, breaker, ticket, _send(plan, call, url, origin))
-
-
-async def _send(plan: RoutePlan, call: Call, url: str, origin: str) -> UpstreamResponse:
+def _send(plan: RoutePlan, call: Call, url: str, origin: str) -> Awaitable[UpstreamResponse]:
+    """One attempt's sending: the platform's headers as the route's rules make them, with
+    request id, remaining time and signature added."""
     remaining_s = call.remaining_s()
     extra = [
         ("X-Request-ID", call.request_id),
@@ -240,7 +247,7 @@ async def _send(plan: RoutePlan, call: Call, url: str, origin: str) -> UpstreamR
         extra += plan.signer.sign(call.body, call.request_id, int(time.time()))
     headers = plan.headers.outbound(call.request.headers, extra)
     limit = call.state.config.max_response_bytes
-    return await send(
+    return send(
         plan.client, call.request.method, url, origin, headers, call.body, remaining_s, limit
     )
 

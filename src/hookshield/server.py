@@ -59,10 +59,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         state.wake_deliverer = deliverer.wake
     state.reloader = Reloader(state)
     watcher = asyncio.create_task(state.reloader.watch())
+    folder = asyncio.create_task(state.metrics.fold_every())
     yield
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
     await deliverer.stop(app[GRACE])
+    folder.cancel()  # after the deliveries: their last counts are folded too
+    await asyncio.gather(folder, return_exceptions=True)
     if state.runtime is not None:
         await state.runtime.stop()
     state.runtime = None
