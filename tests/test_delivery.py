@@ -287,39 +287,35 @@ async def test_redis_without_aof_is_warned_about(
     assert "redis_evicts" in events
 
 
-async def test_one_slow_target_gets_at_most_its_share_of_workers(stack: Any, target: Any) -> None:
-    """With 4 workers a single target never has more than 2 deliveries in flight."""
-    in_flight, peak = 0, 0
+class PeakCounting:
+    """A target handler answering after `delay_s` that records the most calls it held at once."""
 
-    async def slow(request: web.Request) -> web.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.2)
-        in_flight -= 1
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.in_flight, self.peak = delay_s, 0, 0
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.delay_s)
+        self.in_flight -= 1
         return web.Response(text="ok")
 
+
+async def test_one_slow_target_gets_at_most_its_share_of_workers(stack: Any, target: Any) -> None:
+    """With 4 workers a single target never has more than 2 deliveries in flight."""
+    slow = PeakCounting(0.2)
     app = await target(slow)
     hs = await stack(async_route(app.url))
     for n in range(6):
         await hs.data.post("/events", data=b"%d" % n)
     await wait_for(lambda: len(app.seen) == 6, timeout_s=10)
-    assert peak == 2
+    assert slow.peak == 2
 
 
 async def test_one_target_gets_at_most_half_the_workers(stack: Any, target: Any) -> None:
     """8 calls to one slow target with 4 workers: never more than 2 at once, all delivered
     on their first attempt (waiting for a slot uses no attempt)."""
-    in_flight, peak = 0, 0
-
-    async def slow(request: web.Request) -> web.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.1)
-        in_flight -= 1
-        return web.Response()
-
+    slow = PeakCounting(0.1)
     app = await target(slow)
     hs = await stack(async_route(app.url))
     for n in range(8):
@@ -327,5 +323,5 @@ async def test_one_target_gets_at_most_half_the_workers(stack: Any, target: Any)
             await hs.data.post("/events", data=b"x", headers={"X-Request-ID": f"c-{n}"})
         ).status == 202
     await wait_for(lambda: len(app.seen) == 8, timeout_s=10)
-    assert peak == 2
+    assert slow.peak == 2
     assert {s.headers["X-Retry-Attempt"] for s in app.seen} == {"1"}
