@@ -255,7 +255,8 @@ async def test_redis_refusing_a_write_is_store_unavailable(redis_standalone: Red
 
 
 async def test_redis_scripts_flushed_are_loaded_again(redis_standalone: RedisServer) -> None:
-    """After SCRIPT FLUSH (as after a Redis restart) writes still succeed: scripts reloaded."""
+    """After SCRIPT FLUSH (as after a Redis restart) writes still succeed: scripts reloaded.
+    (On a standalone Redis they go through the group commit's own connection, `pipe`.)"""
     admin = redis.Redis(port=redis_standalone.port)
     admin.flushall()
     store = RedisStore(redis_standalone.url)
@@ -265,6 +266,8 @@ async def test_redis_scripts_flushed_are_loaded_again(redis_standalone: RedisSer
         admin.script_flush()
         assert await store.enqueue(second, None, time.time()) == (second.id, False)
         assert admin.zcard("{hookshield}:q") == 2
+        assert store._pipe is not None
+        assert store._pipe._protocol is not None
     finally:
         admin.close()
         await store.close()

@@ -10,9 +10,9 @@ shard). Keys:
 - `{hookshield}:depth`: HASH route -> due + leased count
 - `{hookshield}:idem:<route>:<key>`: the first delivery id for a dedupe key, expiring in 24 h
 
-Enqueues and the outcomes of deliveries (complete, reschedule, bury) are group-committed
-(`batch`): those made concurrently go to Redis as one pipeline of script calls, and each
-caller gets its own script's reply.
+Enqueues, leases and the outcomes of deliveries (complete, reschedule, bury) are
+group-committed (`batch`): those made concurrently go to Redis as one pipeline of script
+calls, and each caller gets its own script's reply.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from hookshield import logs
 from hookshield.queue import resp
 from hookshield.queue.base import DEDUPE_TTL_S, Delivery, StoreUnavailable
 from hookshield.queue.batch import Batcher, Write
+from hookshield.queue.pipe import Pipe
 from hookshield.queue.scripts import SCRIPTS
 
 P = "{hookshield}"
@@ -45,6 +46,7 @@ _OPTIONS: dict[str, Any] = {
     "socket_timeout": 2.0,
     "retry": Retry(NoBackoff(), 1),
 }
+_PIPE_TIMEOUTS = {"connect_s": 1.0, "timeout_s": 2.0}  # as socket_connect_timeout, socket_timeout
 
 
 def _d(delivery_id: str) -> str:
@@ -79,6 +81,7 @@ class RedisStore:
         self._shas: dict[str, str] = {}
         self._checked = False
         self._batch = Batcher(self._write_batch)
+        self._pipe: Pipe | None = None  # the group commit's own connection (standalone Redis)
 
     async def _prepare(self) -> None:
         """On first use: switch to the cluster client if this is a Cluster; warn on risky settings."""
@@ -90,6 +93,8 @@ class RedisStore:
             if info.get("cluster_enabled"):
                 await client.aclose()
                 self._client = RedisCluster.from_url(self.url, **_OPTIONS)
+            else:
+                self._pipe = Pipe.for_client(client, **_PIPE_TIMEOUTS)
         self._checked = True
         await self._warn_settings()
 
@@ -155,13 +160,17 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def _send(self, writes: list[Write]) -> list[Any]:
-        """One write to Redis for the whole batch (a Cluster: redis-py's pipeline)."""
+        """One write to Redis for the whole batch: on the pipe (standalone Redis), else on a
+        connection borrowed from redis-py (TLS, Sentinel), or redis-py's cluster pipeline."""
         calls = [
             ("EVALSHA", await self._sha(name), len(keys), *keys, *args)
             for name, keys, args in writes
         ]
         if isinstance(self._client, Redis):
-            return await resp.exchange(self._client, [resp.pack(*call) for call in calls])
+            packed = [resp.pack(*call) for call in calls]
+            if self._pipe is not None:
+                return await self._pipe.exchange(packed)
+            return await resp.exchange(self._client, packed)
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.execute_command(*call)
@@ -185,7 +194,8 @@ class RedisStore:
         return found.decode(), bool(duplicate)
 
     async def lease(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
-        rows = await self._script("lease", [Q], [now, limit, now + lease_s, uuid.uuid4().hex, P])
+        args = [now, limit, now + lease_s, uuid.uuid4().hex, P]
+        rows = await self._batch.call(("lease", [Q], args))
         return [Delivery.load(meta, body, token.decode()) for token, meta, body in rows]
 
     async def complete(self, delivery: Delivery) -> bool:
@@ -246,6 +256,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._batch.drain()
+        if self._pipe is not None:
+            self._pipe.close()
         await self._client.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:

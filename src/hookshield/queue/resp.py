@@ -2,9 +2,10 @@
 
 The group commit (`batch`) sends every enqueue of a moment as one batch, so encoding sits on
 the async hot path: redis-py's general `pack_command` takes ~25 us for one enqueue's
-arguments, this one a few. Replies are read with redis-py's own parser (hiredis) on a
-connection borrowed from the client's pool, which keeps its settings (timeouts, TLS, auth,
-Sentinel). A Redis Cluster client goes through redis-py's cluster pipeline instead.
+arguments, this one a few. A standalone Redis gets the batch on the group commit's own
+connection (`pipe`); otherwise (TLS, Sentinel) `exchange` sends it on a connection borrowed
+from the client's pool, which keeps its settings, and reads the replies with redis-py's own
+parser. A Redis Cluster client goes through redis-py's cluster pipeline instead.
 """
 
 from __future__ import annotations
