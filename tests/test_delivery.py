@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,3 +327,82 @@ async def test_one_target_gets_at_most_half_the_workers(stack: Any, target: Any)
     await wait_for(lambda: len(app.seen) == 8, timeout_s=10)
     assert slow.peak == 2
     assert {s.headers["X-Retry-Attempt"] for s in app.seen} == {"1"}
+
+
+async def test_deliveries_halve_under_pressure_down_to_one_and_grow_back(stack: Any) -> None:
+    """Each busy sample halves the deliveries at once (16, 8, 4, 2, 1, 1); from the third
+    calm sample in a row, each adds an eighth of the workers back, up to all of them; a
+    single calm sample amid busy ones changes nothing."""
+    hs: Stack = await stack({**async_route("http://127.0.0.1:9/"), "queue": {"workers": 16}})
+    deliverer = hs.state.deliverer
+    assert deliverer is not None
+    deliverer.pressure.stop()  # driven by hand here
+    limits = []
+    for busy in [True] * 5 + [False, True] + [False] * 11:
+        deliverer._adjust(busy)
+        limits.append(deliverer.limit)
+    assert limits == [8, 4, 2, 1, 1, 1, 1, 1, 1, 3, 5, 7, 9, 11, 13, 15, 16, 16]
+
+
+def _spin_until(stop: threading.Event) -> None:
+    """Keep a CPU busy without holding the GIL (hashlib lets go of it for large inputs), so
+    the process is runnable all the time while its event loop still runs freely."""
+    block = b"x" * 4_000_000
+    while not stop.is_set():
+        hashlib.sha256(block).digest()
+
+
+async def test_deliveries_give_way_while_the_process_is_short_of_cpu(
+    stack: Any, target: Any
+) -> None:
+    """With the process runnable all the time (a hashing thread) while calls keep arriving,
+    a slow target gets one delivery at a time instead of its share of 2; all are delivered."""
+    slow = PeakCounting(0.1)
+    app = await target(slow)
+    hs: Stack = await stack(async_route(app.url, timeout_ms=5000))  # no retry on a slow turn
+    deliverer = hs.state.deliverer
+    assert deliverer is not None
+    limits: list[int] = []  # for the failure message
+    adjust = deliverer.pressure.on_sample
+
+    def noted(busy: bool) -> None:
+        adjust(busy)
+        limits.append(deliverer.limit)
+
+    deliverer.pressure.on_sample = noted
+    stop = threading.Event()
+    burner = threading.Thread(target=_spin_until, args=(stop,))
+
+    async def knock() -> None:  # calls arriving at the data plane, in every 50 ms window
+        while not stop.is_set():
+            await hs.data.get("/nowhere")
+
+    burner.start()
+    knocking = asyncio.gather(*(knock() for _ in range(4)))
+    try:
+        await wait_for(lambda: deliverer.limit == 1, timeout_s=10)
+        for n in range(6):
+            assert (await hs.data.post("/events", data=b"%d" % n)).status == 202
+        await wait_for(lambda: len(app.seen) == 6, timeout_s=20)
+    finally:
+        stop.set()
+        burner.join()
+        await knocking
+    attempts = [seen.headers["X-Retry-Attempt"] for seen in app.seen]
+    assert slow.peak == 1, f"limits per 50 ms sample: {limits}; attempts: {attempts}"
+
+
+async def test_an_origin_no_delivery_uses_is_forgotten(stack: Any, target: Any) -> None:
+    """The per-origin slots live only while deliveries hold or wait for them, so a stream of
+    new origins (dynamic targets) does not grow the deliverer."""
+    first, second = await target(), await target()
+    config = async_route(first.url)
+    config["routes"].append({**config["routes"][0], "name": "other",
+                             "match": {"path_prefix": "/other"}, "target": second.url})  # fmt: skip
+    hs: Stack = await stack(config)
+    for n in range(4):
+        await hs.data.post("/events" if n % 2 else "/other", data=b"%d" % n)
+    await wait_for(lambda: len(first.seen) + len(second.seen) == 4)
+    deliverer = hs.state.deliverer
+    assert deliverer is not None
+    await wait_for(lambda: len(deliverer.slots) == 0)

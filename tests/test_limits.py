@@ -1,9 +1,11 @@
-"""Token bucket and bulkhead on a driven clock."""
+"""Token bucket and bulkhead on a driven clock; the deliverer's per-origin slots."""
 
 from __future__ import annotations
 
+import asyncio
+
 from hookshield.config.models import RateLimitConfig
-from hookshield.limits import Bulkhead, TokenBucket
+from hookshield.limits import Bulkhead, OriginSlots, TokenBucket
 from tests.test_breaker import Clock
 
 
@@ -37,3 +39,20 @@ def test_bulkhead_admits_up_to_limit() -> None:
     assert [bulkhead.enter(), bulkhead.enter(), bulkhead.enter()] == [True, True, False]
     bulkhead.leave()
     assert bulkhead.enter()
+
+
+async def test_origin_slots_cap_each_origin_and_forget_unused_ones() -> None:
+    """At most `size` per origin (others unaffected); past the cap a taker gets False after
+    `wait_s`, or the slot freed meanwhile; an origin nobody holds is forgotten."""
+    slots = OriginSlots(2, wait_s=0.05)
+    assert await slots.take("a")
+    assert await slots.take("a")
+    assert await slots.take("b")
+    assert not await slots.take("a")
+    waiting = asyncio.create_task(slots.take("a"))
+    await asyncio.sleep(0)
+    slots.give("a")
+    assert await waiting
+    for origin in ("a", "a", "b"):
+        slots.give(origin)
+    assert len(slots) == 0

@@ -29,6 +29,19 @@ def test_request_line_is_exactly_what_render_makes(created: float, fields: tuple
     assert json.loads(line)["path"] == fields[3]
 
 
+@given(
+    created=st.floats(min_value=0, max_value=4e9),
+    fields=st.tuples(text, text, st.integers(1, 1000), text),
+)
+def test_delivered_line_is_exactly_what_render_makes(
+    created: float, fields: tuple[Any, ...]
+) -> None:
+    """The deliverer's fast line, for any field values, is the general renderer's text."""
+    names = ("route", "delivery_id", "attempt", "request_id")
+    expected = logs.render(created, "info", "delivered", dict(zip(names, fields, strict=True)))
+    assert logs.delivered_line(created, *fields) == expected
+
+
 def test_render_redacts_sensitive_keys_at_any_depth() -> None:
     """A secret-looking key is redacted wherever it is; other values stay."""
     line = json.loads(

@@ -6,6 +6,11 @@ result is classified by `outcomes`: success completes it; a retryable failure re
 it by the route's `retry` (honouring `Retry-After`); anything else, or the last attempt,
 sends it to the dead-letter queue. An open breaker defers the delivery without using up an
 attempt, as does a target already at its per-target concurrency cap.
+
+Deliveries give way to the data plane (`pressure`): while the process is short of CPU and
+calls arrive, the number of deliveries at once is halved every 50 ms down to one; once it
+has not been for 150 ms, it grows back by one eighth of `workers` every 50 ms. A burst of
+calls is accepted at full speed, and the backlog it leaves is delivered after.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import random
 import time
 from functools import partial
 
-from multidict import CIMultiDict
-
 from hookshield import logs, outcomes
 from hookshield.attempt import attempt
 from hookshield.config.models import RetryConfig
 from hookshield.errors import ProxyError
+from hookshield.limits import OriginSlots
+from hookshield.pressure import Pressure
 from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
@@ -32,6 +37,7 @@ LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at l
 CAP_WAIT_S = 0.05  # a delivery whose target is at its cap waits this long for a free slot,
 CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much later
 MAX_RETRY_AFTER_S = 24 * 3600.0
+CALM_SAMPLES = 3  # pressure samples in a row without pressure before deliveries grow again
 STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
 
 
@@ -77,14 +83,19 @@ class Deliverer:
     ) -> None:
         self.store, self.state, self.workers, self.lease_s = store, state, workers, lease_s
         self.per_target = per_target or max(1, workers // 2)
+        self.refill = max(1, workers // 4)  # while busy, lease again once this many are free
         self.poll_s = poll_s
         self._active: dict[asyncio.Task[None], Delivery] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}  # per target origin, `per_target` each
+        self.slots = OriginSlots(self.per_target, CAP_WAIT_S)
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self.limit = workers  # deliveries at once now: `workers`, fewer under pressure
+        self._calm = 0  # samples in a row without pressure
+        self.pressure = Pressure(state.data_calls, self._adjust)
 
     def start(self) -> None:
+        self.pressure.start()
         self._loop_task = asyncio.create_task(self._run())
 
     def wake(self) -> None:
@@ -99,6 +110,7 @@ class Deliverer:
         """
         self._stopping = True
         self._wake.set()
+        self.pressure.stop()
         if self._loop_task is not None:
             done, _ = await asyncio.wait({self._loop_task}, timeout=STOP_LOOP_S)
             if not done:
@@ -126,15 +138,25 @@ class Deliverer:
                     async with asyncio.timeout(self.poll_s):
                         await self._wake.wait()
 
+    def _adjust(self, busy: bool) -> None:
+        """Fewer deliveries at once under pressure (halved, down to 1); more again once
+        `CALM_SAMPLES` samples in a row were calm (one calm sample amid pressure is noise)."""
+        self._calm = 0 if busy else self._calm + 1
+        if busy:
+            self.limit = max(1, self.limit // 2)
+        elif self._calm >= CALM_SAMPLES and self.limit < self.workers:
+            self.limit = min(self.workers, self.limit + max(1, self.workers // 8))
+            self._wake.set()
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
         self._wake.set()  # a worker is free
 
     async def _lease(self) -> list[Delivery]:
         runtime = self.state.runtime
-        free = self.workers - len(self._active)
-        if runtime is None or free <= 0:
-            return []
+        free = self.limit - len(self._active)
+        if runtime is None or free <= 0 or (self._active and free < self.refill):
+            return []  # a busy queue is leased in batches, not one delivery per lease
         longest = max((p.timeout_s for p in runtime.plans), default=10.0)
         lease_s = max(self.lease_s, longest + LEASE_MARGIN_S)
         try:
@@ -160,26 +182,13 @@ class Deliverer:
         if plan is None or not plan.queues:
             await self._bury(delivery, "route_removed")
             return
-        if not await self._take_slot(delivery.origin):
+        if not await self.slots.take(delivery.origin):
             await self._defer(delivery, CAP_DEFER_S)
             return
         try:
             await self._send(plan, delivery)
         finally:
-            self._slots[delivery.origin].release()
-
-    async def _take_slot(self, origin: str) -> bool:
-        """One of the origin's `per_target` slots, waiting up to `CAP_WAIT_S` for it (a slot
-        usually frees within one round trip; a store write to defer costs more)."""
-        slots = self._slots.get(origin)
-        if slots is None:
-            slots = self._slots[origin] = asyncio.Semaphore(self.per_target)
-        try:
-            async with asyncio.timeout(CAP_WAIT_S):
-                await slots.acquire()
-        except TimeoutError:
-            return False
-        return True
+            self.slots.give(delivery.origin)
 
     async def _defer(self, delivery: Delivery, pause_s: float) -> None:
         """Later again, without using up an attempt."""
@@ -201,7 +210,7 @@ class Deliverer:
             delivery.method,
             delivery.url,
             delivery.origin,
-            list(headers.items()),
+            headers,
             delivery.body,
             plan.timeout_s,
             limit,
@@ -225,8 +234,9 @@ class Deliverer:
         if kind is outcomes.Kind.SUCCESS:
             await self.store.complete(delivery)
             self.state.metrics.delivery(delivery.route, "success")
-            logs.event("delivered", route=delivery.route, delivery_id=delivery.id, attempt=delivery.attempts,
-                       request_id=delivery.request_id)  # fmt: skip
+            logs.requests.delivered(
+                delivery.route, delivery.id, delivery.attempts, delivery.request_id
+            )
         elif kind is None or not outcomes.retryable(kind):
             await self._bury(delivery, kind.value if kind else "forbidden")
         elif delivery.attempts >= plan.config.retry.max_attempts:
@@ -243,15 +253,27 @@ class Deliverer:
                    attempts=delivery.attempts, last_status=delivery.last_status, request_id=delivery.request_id)  # fmt: skip
 
 
-def _headers(plan: RoutePlan, delivery: Delivery, attempt: int) -> CIMultiDict[str]:
-    headers = CIMultiDict(delivery.headers)
-    headers["X-Request-ID"] = delivery.request_id
-    headers["X-Timeout-Ms"] = str(int(plan.timeout_s * 1000))
-    headers["X-Retry-Attempt"] = str(attempt)
-    headers["X-Max-Attempts"] = str(plan.config.retry.max_attempts)
-    if plan.signer is not None:
-        for name, value in plan.signer.sign(delivery.body, delivery.request_id, int(time.time())):
-            headers[name] = value
+_ATTEMPT_HEADERS = frozenset({"x-retry-attempt", "x-max-attempts"})
+
+
+def _headers(plan: RoutePlan, delivery: Delivery, attempt: int) -> list[tuple[str, str]]:
+    """The stored headers, with those this attempt sets replaced: the route's own (request
+    id, timeout, signature: `HeaderPolicy.replaced`, as on the sync path) and the attempt
+    numbers. (Stored under an older config, a delivery may still hold some of them.)"""
+    signer, replaced = plan.signer, plan.headers.replaced
+    headers = [
+        (k, v)
+        for k, v in delivery.headers
+        if (name := k.lower()) not in replaced and name not in _ATTEMPT_HEADERS
+    ]
+    headers += (
+        ("X-Request-ID", delivery.request_id),
+        ("X-Timeout-Ms", str(int(plan.timeout_s * 1000))),
+        ("X-Retry-Attempt", str(attempt)),
+        ("X-Max-Attempts", str(plan.config.retry.max_attempts)),
+    )
+    if signer is not None:
+        headers += signer.sign(delivery.body, delivery.request_id, int(time.time()))
     return headers
 
 

@@ -89,7 +89,7 @@ class HeaderPolicy:
     def __init__(
         self, config: HeadersConfig, replaced: Iterable[str] = (), answered: Iterable[str] = ()
     ) -> None:
-        own = {name.lower() for name in replaced}
+        own = self.replaced = frozenset(name.lower() for name in replaced)
         self.added: Pairs = [(k, v) for k, v in config.add if k.lower() not in own]
         self.dropped = (
             _NOT_FORWARDED

@@ -172,6 +172,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch(self, request: Request, keep_alive: bool) -> None:
         self.dispatched = True
+        self.listener.calls += 1
         self.queue.append((request, keep_alive))
         if len(self.queue) > _MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -228,6 +229,7 @@ class Listener:
         self.handler, self.body_limit, self.bad_request = handler, body_limit, bad_request
         self.keepalive_s = keepalive_s
         self.connections: set[HttpConnection] = set()
+        self.calls = 0  # requests received so far (read by `pressure`)
         self.closing = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None

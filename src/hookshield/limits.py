@@ -1,10 +1,13 @@
-"""Per-route rate limit (token bucket) and concurrency limit (bulkhead), SPEC §5.
+"""Per-route rate limit (token bucket) and concurrency limit (bulkhead), SPEC §5, and the
+deliverer's per-target cap (`OriginSlots`).
 
-Both answer at once: a request over either limit is never queued in memory.
+The route limits answer at once: a request over either is never queued in memory. A
+delivery waits a moment for a slot of its target (it usually frees within a round trip).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -61,3 +64,58 @@ class Bulkhead:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+
+class OriginSlots:
+    """At most `size` deliveries at once to one target origin. An origin that no delivery
+    holds or waits for is forgotten, so many origins (dynamic targets) do not accumulate."""
+
+    def __init__(self, size: int, wait_s: float) -> None:
+        self.size, self.wait_s = size, wait_s
+        self._origins: dict[str, _Slots] = {}
+
+    def __len__(self) -> int:
+        """Origins in use."""
+        return len(self._origins)
+
+    async def take(self, origin: str) -> bool:
+        """One of the origin's slots, waiting up to `wait_s` for it; False if none freed."""
+        slots = self._origins.get(origin)
+        if slots is None:
+            slots = self._origins[origin] = _Slots(self.size)
+        slots.users += 1
+        try:
+            if await slots.take(self.wait_s):
+                return True
+        except BaseException:
+            self._leave(origin)
+            raise
+        self._leave(origin)
+        return False
+
+    def give(self, origin: str) -> None:
+        self._origins[origin].free.release()
+        self._leave(origin)
+
+    def _leave(self, origin: str) -> None:
+        slots = self._origins[origin]
+        slots.users -= 1
+        if slots.users == 0:
+            del self._origins[origin]
+
+
+class _Slots:
+    """One origin's slots, and how many deliveries hold or wait for one."""
+
+    def __init__(self, size: int) -> None:
+        self.free = asyncio.Semaphore(size)
+        self.users = 0
+
+    async def take(self, wait_s: float) -> bool:
+        if not self.free.locked():
+            return await self.free.acquire()  # free: taken at once, no timer
+        try:
+            async with asyncio.timeout(wait_s):
+                return await self.free.acquire()
+        except TimeoutError:
+            return False

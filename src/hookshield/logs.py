@@ -92,12 +92,24 @@ def request_line(
     )
 
 
+def delivered_line(
+    created: float, route: str, delivery_id: str, attempt: int, request_id: str
+) -> str:
+    """The deliverer's line for each delivered call, built directly like `request_line`."""
+    return (
+        f'{{"ts": "{_timestamp(created)}", "level": "info", "event": "delivered", '
+        f'"route": {_q(route)}, "delivery_id": {_q(delivery_id)}, "attempt": {attempt:d}, '
+        f'"request_id": {_q(request_id)}}}'
+    )
+
+
 _q = encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 
 
 class RequestLog:
-    """The data plane's per-request lines, batched: the lines of one event-loop iteration
-    leave in one write at its end, instead of one write (and flush) per request."""
+    """The per-call lines (a request served, a delivery made), batched: the lines of one
+    event-loop iteration leave in one write at its end, instead of one write (and flush)
+    per call."""
 
     def __init__(self) -> None:
         self.stream: TextIO | None = None  # set by `setup`; None: request lines are off
@@ -109,8 +121,16 @@ class RequestLog:
     ) -> None:  # fmt: skip
         if self.stream is None or not logger.isEnabledFor(logging.INFO):
             return
-        self._lines.append(request_line(time.time(), route, target, method, path, status,
-                                        outcome, duration_ms, request_id))  # fmt: skip
+        self._add(request_line(time.time(), route, target, method, path, status,
+                               outcome, duration_ms, request_id))  # fmt: skip
+
+    def delivered(self, route: str, delivery_id: str, attempt: int, request_id: str) -> None:
+        if self.stream is None or not logger.isEnabledFor(logging.INFO):
+            return
+        self._add(delivered_line(time.time(), route, delivery_id, attempt, request_id))
+
+    def _add(self, line: str) -> None:
+        self._lines.append(line)
         if len(self._lines) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

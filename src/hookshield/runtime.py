@@ -35,6 +35,7 @@ from hookshield.targets import Resolver, StaticResolver, resolver_for
 from hookshield.upstream import Client, Upstream
 
 if TYPE_CHECKING:
+    from hookshield.delivery import Deliverer
     from hookshield.reload import Reloader
 
 
@@ -197,7 +198,9 @@ def build_runtime(
 class State:
     """The process-wide holder: the current runtime, the client sessions and the queue.
 
-    `store`, `wake_deliverer` and `reloader` are set by the lifecycle (`server`) while it runs."""
+    `store`, `deliverer` (worker 0 only), `wake_deliverer` and `reloader` are set by the
+    lifecycle (`server`) while it runs;
+    `data_calls` (how many calls the data plane has received) by `server.build_apps`."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -206,8 +209,10 @@ class State:
         self.upstream = Upstream()
         self.runtime: Runtime | None = None
         self.store: DeliveryStore | None = None
+        self.deliverer: Deliverer | None = None
         self.wake_deliverer: Callable[[], None] = lambda: None
         self.reloader: Reloader | None = None
+        self.data_calls: Callable[[], int] = lambda: 0
 
     def install(self, config: Config) -> Runtime:
         """Build a runtime for `config` (beside the current one), start it and make it current.

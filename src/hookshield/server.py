@@ -56,7 +56,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     deliverer = Deliverer(state.store, state, queue.workers, queue.lease_s)
     if app[ROLE].primary:
         deliverer.start()
-        state.wake_deliverer = deliverer.wake
+        state.deliverer, state.wake_deliverer = deliverer, deliverer.wake
     state.reloader = Reloader(state)
     watcher = asyncio.create_task(state.reloader.watch())
     folder = asyncio.create_task(state.metrics.fold_every())
@@ -88,6 +88,7 @@ def build_apps(
     app owns the lifecycle, so it starts first and stops last."""
     state = State(config)
     data = Listener(partial(handle, state), lambda: state.config.max_body_bytes, _bad_request)
+    state.data_calls = lambda: data.calls
     admin = build_admin_app(state)
     admin[GRACE] = grace_s
     admin[ROLE] = role

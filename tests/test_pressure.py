@@ -1,0 +1,55 @@
+"""Pressure: busy only when the process spends nearly all of a core while calls arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hookshield.pressure import Pressure
+
+
+def spin(seconds: float) -> None:
+    """Hold the CPU (and the event loop) for `seconds` of CPU time."""
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+async def samples_of(steps: int, calls_per_step: int, spin_s: float, idle_s: float) -> list[bool]:
+    """What a Pressure sampling every 50 ms says while the loop, `steps` times, receives
+    `calls_per_step` calls, spins for `spin_s` and idles for `idle_s`."""
+    calls: list[int] = [0]
+    samples: list[bool] = []
+    pressure = Pressure(lambda: calls[0], samples.append, every_s=0.05)
+    pressure.start()
+    try:
+        for _ in range(steps):
+            calls[0] += calls_per_step
+            spin(spin_s)
+            await asyncio.sleep(idle_s)
+    finally:
+        pressure.stop()
+    return samples
+
+
+async def test_busy_while_the_cpu_is_spent_and_calls_arrive_then_not() -> None:
+    """A spinning loop receiving calls samples busy; once it idles, not busy again."""
+    busy = await samples_of(steps=15, calls_per_step=1, spin_s=0.02, idle_s=0)
+    after = await samples_of(steps=6, calls_per_step=1, spin_s=0, idle_s=0.02)
+    assert True in busy
+    assert after
+    assert not any(after)
+
+
+async def test_never_busy_without_calls() -> None:
+    """All the CPU spent on work of its own (no calls arriving) is no pressure."""
+    samples = await samples_of(steps=15, calls_per_step=0, spin_s=0.02, idle_s=0)
+    assert samples
+    assert not any(samples)
+
+
+async def test_an_idle_loop_receiving_calls_is_not_busy() -> None:
+    """Calls that leave the CPU mostly idle are no pressure."""
+    samples = await samples_of(steps=10, calls_per_step=1, spin_s=0, idle_s=0.02)
+    assert samples
+    assert not any(samples)
