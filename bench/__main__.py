@@ -11,7 +11,10 @@ compare the ratios. `docs/benchmarks.md` has the method and a recorded run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import resource
 import sqlite3
 import statistics
 import tempfile
@@ -25,7 +28,7 @@ import uvloop
 from bench import memory
 from bench.load import Result, run, run_open
 from bench.peers import nginx, run_wrk, wrk_script
-from bench.procs import pin_self
+from bench.procs import cpu_seconds, machine_cores_s, pin_self
 from bench.stack import Stack, stack
 
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -68,16 +71,48 @@ def closed_paths(st: Stack, nginx_url: str | None) -> dict[str, str]:
 
 
 def measure(paths: dict[str, str], rounds: int, one: Callable[[str], Result], st: Stack) -> Rows:
-    """Each path in turn, `rounds` times; after an async row, wait for its queue to drain."""
+    """Each path in turn, `rounds` times; after an async row, wait for its queue to drain.
+    A hookshield row also notes the CPU its processes used meanwhile."""
     rows: Rows = {name: [] for name in paths}
     for name, url in paths.items():  # warm-up: connections, pools, caches
         one(url)
         _settle(st, name)
     for _ in range(rounds):
         for name, url in paths.items():
-            rows[name].append(one(url))
+            rows[name].append(_with_cpu(one, url, _pid(st, name)))
             _settle(st, name)
     return rows
+
+
+def _pid(st: Stack, name: str) -> int | None:
+    proxy = {"hookshield": "hookshield", "bare": "bare", "2 workers": "workers",
+             "async sqlite": "hookshield", "async redis": "redis"}.get(name)  # fmt: skip
+    return st.proxies[proxy].process.pid if proxy in st.proxies else None
+
+
+def _with_cpu(one: Callable[[str], Result], url: str, pid: int | None) -> Result:
+    """`one(url)`, with the CPU used meanwhile by the proxy (pid and its children), wrk,
+    and the whole machine."""
+    if pid is None:
+        return one(url)
+    cpu, children, machine = cpu_seconds(pid), _children_s(), machine_cores_s()
+    started = time.monotonic()
+    result = one(url)
+    wall = time.monotonic() - started
+    busy, steal = (after - before for after, before in zip(machine_cores_s(), machine, strict=True))
+    return dataclasses.replace(
+        result,
+        cpu_cores=(cpu_seconds(pid) - cpu) / wall,
+        wrk_cores=(_children_s() - children) / wall,
+        machine_cores=busy / wall,
+        steal_cores=steal / wall,
+    )
+
+
+def _children_s() -> float:
+    """CPU seconds of this process's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _settle(st: Stack, name: str) -> None:
@@ -121,6 +156,10 @@ def _median(results: list[Result]) -> Result:
         p50_ms=statistics.median(r.p50_ms for r in results),
         p99_ms=statistics.median(r.p99_ms for r in results),
         errors=sum(r.errors for r in results),
+        cpu_cores=statistics.median(r.cpu_cores for r in results),
+        wrk_cores=statistics.median(r.wrk_cores for r in results),
+        machine_cores=statistics.median(r.machine_cores for r in results),
+        steal_cores=statistics.median(r.steal_cores for r in results),
     )
 
 
@@ -128,15 +167,16 @@ def report_closed(rows: Rows, args: argparse.Namespace) -> dict[str, float]:
     print(
         f"closed loop: wrk, 32 connections, 1 thread on core 1, {args.wrk_seconds} s x {args.rounds} rounds, ~1 KB JSON POST"
     )
-    print(f"{'path':<14}{'req/s median':>14}{'min-max':>18}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'path':<14}{'req/s median':>14}{'min-max':>18}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'cores':>7}")  # fmt: skip
     med = {name: _median(rs) for name, rs in rows.items()}
     for name, rs in rows.items():
         tps = [r.throughput for r in rs]
         m = med[name]
         spread = f"{min(tps):,.0f}-{max(tps):,.0f}"
-        print(
-            f"{name:<14}{m.throughput:>14,.0f}{spread:>18}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}"
-        )
+        cores = f"{m.cpu_cores:.2f}" if m.cpu_cores else "-"
+        print(f"{name:<14}{m.throughput:>14,.0f}{spread:>18}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
+              f"{m.errors:>8}{cores:>7}")  # fmt: skip
     tp = {name: m.throughput for name, m in med.items()}
     ratios = {"hookshield/direct": tp["hookshield"] / tp["direct"],
               "2 workers/hookshield": tp["2 workers"] / tp["hookshield"],
@@ -146,6 +186,7 @@ def report_closed(rows: Rows, args: argparse.Namespace) -> dict[str, float]:
     else:
         print("nginx: not installed (Debian package nginx); its row is skipped")
     print("ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    report_scaling(med)
     print(
         "targets: hookshield/nginx >= 0.18, 2 workers/hookshield >= 1.8, async redis >= 5,000 accepted/s"
     )
@@ -154,6 +195,22 @@ def report_closed(rows: Rows, args: argparse.Namespace) -> dict[str, float]:
             "redis-server: not installed (Debian package redis-server); the async redis rows are skipped"
         )
     return ratios
+
+
+def report_scaling(med: dict[str, Result]) -> None:
+    """Requests per CPU-second of hookshield, 1 worker against 2: whether the workers scale
+    with the CPU they get (the throughput ratio also depends on what else runs on the
+    cores: here wrk and the target share core 1 with the second worker)."""
+    one, two = med["hookshield"], med["2 workers"]
+    if not (one.cpu_cores and two.cpu_cores):
+        return
+    per_one, per_two = one.throughput / one.cpu_cores, two.throughput / two.cpu_cores
+    print(f"hookshield CPU: 1 worker {one.cpu_cores:.2f} cores, 2 workers {two.cpu_cores:.2f} "
+          f"cores; requests per CPU-second {per_one:,.0f} and {per_two:,.0f}: "
+          f"2 workers do {per_two / per_one:.2f} x the work per CPU-second of one")  # fmt: skip
+    print(f"the machine during the 2-worker row: {two.machine_cores:.2f} of {os.cpu_count()} "
+          f"cores busy (hookshield {two.cpu_cores:.2f}, wrk {two.wrk_cores:.2f}, stolen by "
+          f"the hypervisor {two.steal_cores:.2f}; the rest: the target, the kernel)")  # fmt: skip
 
 
 def report_open(rows: Rows, args: argparse.Namespace) -> None:
@@ -199,31 +256,12 @@ def options() -> argparse.Namespace:
     add = parser.add_argument
     add("--rounds", type=int, default=3, help="repeats of every measurement (default 3)")
     add("--wrk-seconds", type=int, default=10, help="length of each closed-loop measurement")
-    add(
-        "--rate",
-        type=float,
-        default=1000.0,
-        help="open-loop rate for the sync rows (default 1000/s)",
-    )
-    add(
-        "--async-rate",
-        type=float,
-        default=2000.0,
-        help="open-loop rate for the async rows (default 2000/s)",
-    )
+    add("--rate", type=float, default=1000.0, help="sync open-loop rate (default 1000/s)")
+    add("--async-rate", type=float, default=2000.0, help="async open-loop rate (default 2000/s)")
     add("--open-requests", type=int, default=5000, help="requests per sync open-loop measurement")
     add("--soak-seconds", type=int, default=300, help="length of the memory soak (default 300)")
-    add(
-        "--flood",
-        type=int,
-        default=10000,
-        help="concurrent slow calls in the flood (default 10000)",
-    )
-    add(
-        "--quick",
-        action="store_true",
-        help="a smoke run of about two minutes (1 round, short runs)",
-    )
+    add("--flood", type=int, default=10000, help="concurrent slow calls (default 10000)")
+    add("--quick", action="store_true", help="a two-minute smoke run (1 round, short runs)")
     add(
         "--check", action="store_true", help=f"exit 1 on a gross regression against {BASELINE.name}"
     )

@@ -8,6 +8,31 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and all its descendants."""
+    total, pending = 0.0, [pid]
+    while pending:
+        proc = Path(f"/proc/{pending.pop()}")
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in (proc / "task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+def machine_cores_s() -> tuple[float, float]:
+    """Seconds of CPU the whole machine spent busy so far (every core, every process, the
+    kernel), and of those, stolen by the hypervisor for other machines (`/proc/stat`)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
 
 
 def free_port() -> int:
