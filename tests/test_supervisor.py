@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.mmap_dict import MmapedDict
 
+from hookshield.supervisor import RESTART_DELAY_MAX_S, STABLE_S, Restarts
 from tests.conftest import Target, free_port, wait_for
 from tests.processes import Hookshield
 from tests.test_cli import hookshield
@@ -150,6 +151,51 @@ async def test_a_worker_that_dies_is_restarted(tmp_path: Path, target: Any) -> N
     assert await hs.stop() == 0
 
 
+async def _wait_for_starts(hs: Hookshield, count: int) -> None:
+    await wait_for(lambda: hs.log().count('"worker_started"') == count, timeout_s=10)
+
+
+def _restart_pauses(hs: Hookshield) -> list[float]:
+    return [json.loads(line)["restart_in_s"] for line in hs.log().splitlines()
+            if '"worker_exited"' in line]  # fmt: skip
+
+
+async def test_a_worker_dying_young_is_restarted_after_longer_pauses(
+    tmp_path: Path, target: Any
+) -> None:
+    """Worker 1 killed three times soon after each start: pauses of 1, 2, then 4 s before its
+    next start (no restart loop); a stop does not wait for the pending restart."""
+    app: Target = await target()
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    await _start(hs)
+    for deaths in (1, 2, 3):
+        os.kill(_workers(hs)[1], signal.SIGKILL)
+        if deaths < 3:  # wait for its next start: the two first starts, then one per restart
+            await _wait_for_starts(hs, 2 + deaths)
+    await wait_for(lambda: len(_restart_pauses(hs)) == 3)
+    assert _restart_pauses(hs) == [1.0, 2.0, 4.0]
+    started = asyncio.get_running_loop().time()
+    assert await hs.stop() == 0
+    assert asyncio.get_running_loop().time() - started < 3.0
+    assert hs.log().count('"worker_started"') == 4  # two workers, two restarts
+
+
+def test_restart_pause_doubles_while_young_and_resets_once_stable() -> None:
+    """Restarts: 1, 2, 4 ... capped; a worker that ran for STABLE_S gets the first pause again;
+    each worker index has its own."""
+    restarts, now = Restarts(), 0.0
+    pauses = []
+    for _ in range(7):
+        restarts.started(1, now)
+        now += 0.5
+        pauses.append(restarts.died(1, now))
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, RESTART_DELAY_MAX_S, RESTART_DELAY_MAX_S]
+    restarts.started(0, now)
+    assert restarts.died(0, now + 1) == 1.0
+    restarts.started(1, now)
+    assert restarts.died(1, now + STABLE_S) == 1.0
+
+
 async def test_sigterm_drains_every_worker(tmp_path: Path, target: Any) -> None:
     """One SIGTERM to the supervisor: each worker drains and stops, and the command exits 0."""
     hs, calls = await _six_slow_calls_in_flight(tmp_path, target)
@@ -173,6 +219,28 @@ async def test_sighup_to_the_supervisor_reloads_every_worker(tmp_path: Path, tar
     assert hs.process is not None
     hs.process.send_signal(signal.SIGHUP)
     await wait_for(lambda: hs.log().count('"trigger": "SIGHUP"') == 2)
+    assert await _fresh_posts(f"{hs.url}/new", 20) == [200] * 20
+    assert await hs.stop() == 0
+
+
+async def test_admin_reload_reloads_every_worker(tmp_path: Path, target: Any) -> None:
+    """POST /admin/reload (served by worker 0) reloads the other workers too: a route added to
+    the file answers on connections that land on either worker."""
+    app: Target = await target()
+    config = {**_config(app.url, tmp_path), "reload": {"poll_interval_s": 600}}  # no file watch
+    hs = Hookshield(tmp_path, config)
+    await _start(hs)
+    route = {"name": "new", "match": {"path_prefix": "/new"}, "target": app.url}
+    written = {**config, "routes": [*config["routes"], route]}
+    hs.config_path.write_text(json.dumps({**written, "listen": {"port": hs.listen},
+                                          "admin": {"port": hs.admin}}))  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{hs.admin_url}/admin/reload") as resp,
+    ):
+        assert resp.status == 200
+    await wait_for(lambda: '"trigger": "SIGHUP"' in hs.log())
+    assert hs.log().count('"trigger": "admin"') == 1
     assert await _fresh_posts(f"{hs.url}/new", 20) == [200] * 20
     assert await hs.stop() == 0
 

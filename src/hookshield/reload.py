@@ -9,6 +9,10 @@ runtime beside the current one. If anything is invalid the current one stays and
 problem is logged with its YAML path; else one reference is swapped. Requests in flight
 finish on the runtime they started with. Listener addresses and the queue store are fixed
 for the life of the process: a change to them is reported and needs a restart.
+
+With `--workers N` every worker sees file changes and SIGHUP (the supervisor passes it on)
+itself; `POST /admin/reload` reaches worker 0 only, which after a successful reload calls
+`others` (asks the supervisor to reload the other workers).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +53,8 @@ def _watched(config: Config) -> tuple[Path, ...]:
 
 
 class Reloader:
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, state: State, others: Callable[[], None] | None = None) -> None:
+        self.state, self.others = state, others
         self.counts = {"success": 0, "failure": 0}
         self._lock = asyncio.Lock()
         self._digest = digest(_watched(state.config))
@@ -79,6 +84,8 @@ class Reloader:
                 generation=runtime.generation,
                 routes=len(config.routes),
             )
+            if trigger == "admin" and self.others is not None:
+                self.others()
             return ReloadResult(True, runtime.generation)
 
     def _failed(self, trigger: str, problems: list[str]) -> ReloadResult:

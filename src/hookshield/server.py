@@ -57,7 +57,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if app[ROLE].primary:
         deliverer.start()
         state.deliverer, state.wake_deliverer = deliverer, deliverer.wake
-    state.reloader = Reloader(state)
+    state.reloader = Reloader(state, _reload_others if app[ROLE].count > 1 else None)
     watcher = asyncio.create_task(state.reloader.watch())
     folder = asyncio.create_task(state.metrics.fold_every())
     yield
@@ -71,6 +71,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.runtime = None
     await state.store.close()
     await state.upstream.close()
+
+
+def _reload_others() -> None:
+    """Ask the supervisor to reload the other workers (see `supervisor`)."""
+    if os.getppid() != 1:  # 1: the supervisor is gone (and this worker is stopping)
+        os.kill(os.getppid(), signal.SIGUSR1)
 
 
 GRACE = web.AppKey("hookshield.grace_s", float)

@@ -11,7 +11,11 @@ the dead-letter queue) and the Prometheus metrics, which the workers write to a 
 of memory-mapped files (prometheus_client's multiprocess mode) and worker 0's `/metrics` sums.
 
 This process, the supervisor, starts the workers, passes SIGTERM, SIGINT and SIGHUP on to
-them, restarts a worker that dies on its own, and after a stop waits for all of them.
+them, and after a stop waits for all of them. A worker that dies on its own is started
+again after a pause that doubles while it keeps dying young (1 s, 2 s, 4 s ... 30 s) and
+is back to 1 s once a worker has run for 30 s. `POST /admin/reload`, served by worker 0,
+reloads the others too: worker 0 sends this process SIGUSR1, which is passed on to the other
+workers as SIGHUP.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from hookshield import logs
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-RESTART_DELAY_S = 1.0
+RESTART_DELAY_S = 1.0  # the first pause before a dead worker is started again,
+RESTART_DELAY_MAX_S = 30.0  # doubled up to this while it keeps dying young,
+STABLE_S = 30.0  # which a worker that ran this long is no longer
 
 
 def _metrics_dir() -> tuple[Path, bool]:
@@ -45,11 +51,34 @@ def _metrics_dir() -> tuple[Path, bool]:
     return path, False
 
 
+class Restarts:
+    """When to start a dead worker again: the pause doubles for each death of a worker that
+    ran less than `STABLE_S`, and is back to the first after one that ran longer. Pure, on
+    monotonic times given by the caller."""
+
+    def __init__(self) -> None:
+        self.pause_s: dict[int, float] = {}  # worker index -> the pause after its next death
+        self.started_at: dict[int, float] = {}
+
+    def started(self, index: int, now: float) -> None:
+        self.started_at[index] = now
+
+    def died(self, index: int, now: float) -> float:
+        """The pause before starting worker `index` again, which died at `now`."""
+        if now - self.started_at.get(index, now) >= STABLE_S:
+            self.pause_s[index] = RESTART_DELAY_S
+        pause = self.pause_s.get(index, RESTART_DELAY_S)
+        self.pause_s[index] = min(pause * 2, RESTART_DELAY_MAX_S)
+        return pause
+
+
 class Supervisor:
     def __init__(self, config_path: str, grace_s: float, workers: int) -> None:
         self.command = [sys.executable, "-m", "hookshield", "run", "--config", config_path,
                         "--grace", str(grace_s), "--workers", str(workers)]  # fmt: skip
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.restarts = Restarts()
+        self.due: dict[int, float] = {}  # dead worker index -> when to start it again
         self.stops = 0
         self.exit_code = EXIT_OK
         self.metrics_dir, self.owns_dir = _metrics_dir()
@@ -60,28 +89,32 @@ class Supervisor:
         # Its own process group: a Ctrl-C on the terminal reaches the supervisor only, which
         # passes one SIGTERM on (a second stop signal would cut the worker's drain short).
         self.workers[index] = subprocess.Popen(command, env=env, process_group=0)
+        self.restarts.started(index, time.monotonic())
         logs.event("worker_started", worker=index, pid=self.workers[index].pid)
 
     def _signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
             self._forward(signal.SIGHUP)
-            return
-        self.stops += 1
-        self._forward(signal.SIGTERM)
+        elif signum == signal.SIGUSR1:  # worker 0 reloaded through its admin plane
+            self._forward(signal.SIGHUP, skip=0)
+        else:
+            self.stops += 1
+            self._forward(signal.SIGTERM)
 
-    def _forward(self, signum: int) -> None:
-        for process in self.workers.values():
-            if process.poll() is None:
+    def _forward(self, signum: int, skip: int | None = None) -> None:
+        for index, process in self.workers.items():
+            if index != skip and process.poll() is None:
                 process.send_signal(signum)
 
     def run(self, count: int) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._signal)
         try:
             for index in range(count):
                 self._spawn(index)
-            while self.workers:
+            while self.workers or self.due:
                 self._reap()
+                self._restart_due()
                 time.sleep(0.1)
         finally:
             if self.owns_dir:
@@ -89,7 +122,8 @@ class Supervisor:
         return self.exit_code
 
     def _reap(self) -> None:
-        """Collect exited workers; restart one that died on its own, unless it could not start."""
+        """Collect exited workers; schedule the start of one that died on its own, unless it
+        could not start (then all stop)."""
         for index, process in list(self.workers.items()):
             code = process.poll()
             if code is None:
@@ -103,10 +137,19 @@ class Supervisor:
                 self.exit_code, self.stops = EXIT_USAGE, 1
                 self._forward(signal.SIGTERM)
             else:
-                logs.event("worker_exited", worker=index, code=code, restart_in_s=RESTART_DELAY_S)
-                time.sleep(RESTART_DELAY_S)
-                if not self.stops:  # a stop signal may have come during the pause
-                    self._spawn(index)
+                pause = self.restarts.died(index, time.monotonic())
+                logs.event("worker_exited", worker=index, code=code, restart_in_s=pause)
+                self.due[index] = time.monotonic() + pause
+
+    def _restart_due(self) -> None:
+        if self.stops:
+            self.due.clear()  # stopping: no worker starts again
+            return
+        now = time.monotonic()
+        for index, when in list(self.due.items()):
+            if when <= now:
+                del self.due[index]
+                self._spawn(index)
 
 
 def _mark_dead(pid: int, directory: Path) -> None:
