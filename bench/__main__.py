@@ -29,7 +29,7 @@ from bench import memory
 from bench.load import Result, run, run_open
 from bench.peers import nginx, run_wrk, wrk_script
 from bench.procs import cpu_seconds, machine_cores_s, pin_self
-from bench.stack import Stack, stack
+from bench.stack import Stack, stack, use_compiled_build
 
 BASELINE = Path(__file__).with_name("baseline.json")
 Rows = dict[str, list[Result]]
@@ -63,6 +63,7 @@ def closed_paths(st: Stack, nginx_url: str | None) -> dict[str, str]:
         "hookshield": st.proxies["hookshield"].url("/hook"),
         "bare": st.proxies["bare"].url("/hook"),
         "2 workers": st.proxies["workers"].url("/hook"),
+        **({"pure": st.proxies["pure"].url("/hook")} if "pure" in st.proxies else {}),
         "async sqlite": st.proxies["hookshield"].url("/async"),
     }
     if "redis" in st.proxies:
@@ -85,7 +86,7 @@ def measure(paths: dict[str, str], rounds: int, one: Callable[[str], Result], st
 
 
 def _pid(st: Stack, name: str) -> int | None:
-    proxy = {"hookshield": "hookshield", "bare": "bare", "2 workers": "workers",
+    proxy = {"hookshield": "hookshield", "bare": "bare", "2 workers": "workers", "pure": "pure",
              "async sqlite": "hookshield", "async redis": "redis"}.get(name)  # fmt: skip
     return st.proxies[proxy].process.pid if proxy in st.proxies else None
 
@@ -181,12 +182,15 @@ def report_closed(rows: Rows, args: argparse.Namespace) -> dict[str, float]:
     ratios = {"hookshield/direct": tp["hookshield"] / tp["direct"],
               "2 workers/hookshield": tp["2 workers"] / tp["hookshield"],
               "hookshield/bare": tp["hookshield"] / tp["bare"]}  # fmt: skip
+    if "pure" in tp:
+        ratios["hookshield/pure"] = tp["hookshield"] / tp["pure"]
     if "nginx" in tp:
         ratios["hookshield/nginx"] = tp["hookshield"] / tp["nginx"]
     else:
         print("nginx: not installed (Debian package nginx); its row is skipped")
     print("ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     report_scaling(med)
+    report_build(med)
     print(
         "targets: hookshield/nginx >= 0.18, 2 workers/hookshield >= 1.8, async redis >= 5,000 accepted/s"
     )
@@ -211,6 +215,16 @@ def report_scaling(med: dict[str, Result]) -> None:
     print(f"the machine during the 2-worker row: {two.machine_cores:.2f} of {os.cpu_count()} "
           f"cores busy (hookshield {two.cpu_cores:.2f}, wrk {two.wrk_cores:.2f}, stolen by "
           f"the hypervisor {two.steal_cores:.2f}; the rest: the target, the kernel)")  # fmt: skip
+
+
+def report_build(med: dict[str, Result]) -> None:
+    """The compiled build against the sources, in throughput and in work per CPU-second."""
+    compiled, pure = med["hookshield"], med.get("pure")
+    if pure is None or not (compiled.cpu_cores and pure.cpu_cores):
+        return
+    per_cpu = (compiled.throughput / compiled.cpu_cores) / (pure.throughput / pure.cpu_cores)
+    print(f"compiled build vs the sources: {compiled.throughput / pure.throughput:.2f} x the "
+          f"requests/s, {per_cpu:.2f} x the requests per CPU-second")  # fmt: skip
 
 
 def report_open(rows: Rows, args: argparse.Namespace) -> None:
@@ -274,10 +288,14 @@ def options() -> argparse.Namespace:
 
 def main() -> int:
     args = options()
+    compiled = use_compiled_build()
+    print(
+        f"hookshield rows: the {'compiled build (row pure: the sources)' if compiled else 'sources'}"
+    )
     with tempfile.TemporaryDirectory() as tmp, nginx(Path(tmp)) as peer:
         nginx_url = peer.proxy_url if peer else None
         args.target_kind = "nginx" if peer else "python"
-        with stack(Path(tmp), peer.target_port if peer else None) as st:
+        with stack(Path(tmp), peer.target_port if peer else None, pure=compiled) as st:
             pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
             closed_rows = closed(st, nginx_url, Path(tmp), args)
             open_rows = open_loop(st, nginx_url, args)

@@ -7,12 +7,16 @@ HMAC-signed; and an async route with the same policy). They differ in one thing 
 - `bare`: metrics off, logs at WARNING (the cost of observability, by difference)
 - `workers`: like `hookshield` with `--workers 2`, not pinned (the scaling row)
 - `redis`: like `hookshield` with its queue on Redis (AOF, `appendfsync everysec`)
+- `pure`: like `hookshield`, run from the Python sources
 
-They run side by side, each idle while another is measured.
+All but `pure` run the compiled build (`scripts/build-native`, what the container image
+ships) when it can be built here; else all run the sources and there is no `pure`. They run
+side by side, each idle while another is measured.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,9 @@ import redis
 import yaml
 
 from bench.procs import free_port, pinned, wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = {"PYTHONPATH": str(ROOT / "src")}
 
 
 def _route(name: str, prefix: str, port: int, mode: str = "sync") -> dict[str, object]:
@@ -64,8 +71,24 @@ def config(
     }
 
 
-def quiet(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def quiet(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, **env} if env else None
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+    )
+
+
+def use_compiled_build() -> bool:
+    """Have every hookshield this process starts run the compiled build (built first if
+    the sources changed); False, and the sources, where it cannot be built (no C compiler)."""
+    built = subprocess.run([str(ROOT / "scripts" / "build-native")], capture_output=True, text=True)
+    if built.returncode != 0:
+        print(
+            f"compiled build: scripts/build-native failed, measuring the sources\n{built.stderr[-800:]}"
+        )
+        return False
+    os.environ["PYTHONPATH"] = str(ROOT / "build" / "native" / "src")
+    return True
 
 
 @dataclass
@@ -83,12 +106,17 @@ class Proxy:
 
 
 def start_hookshield(
-    name: str, settings: dict[str, object], workdir: Path, core: int | None = 0, *args: str
+    name: str,
+    settings: dict[str, object],
+    workdir: Path,
+    core: int | None = 0,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Proxy:
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(settings))
     command = [sys.executable, "-m", "hookshield", "run", "--config", str(path), *args]
-    process = quiet(pinned(core, command) if core is not None else command)
+    process = quiet(pinned(core, command) if core is not None else command, env)
     listen = settings["listen"]["port"]  # type: ignore[index]
     admin = settings["admin"]["port"]  # type: ignore[index]
     queue = settings["queue"]
@@ -135,8 +163,9 @@ def _wait_for_redis(port: int, timeout_s: float = 10.0) -> None:
 
 
 @contextmanager
-def stack(workdir: Path, target: int | None) -> Iterator[Stack]:
-    """The target (the given static one, else the Python target on core 1) and the hookshields."""
+def stack(workdir: Path, target: int | None, pure: bool = False) -> Iterator[Stack]:
+    """The target (the given static one, else the Python target on core 1) and the
+    hookshields (with `pure`, one more from the Python sources)."""
     with ExitStack() as stop:
         if target is None:
             target = free_port()
@@ -144,16 +173,19 @@ def stack(workdir: Path, target: int | None) -> Iterator[Stack]:
             stop.callback(_terminate, python_target)
         redis_port = stop.enter_context(redis_server(workdir))
         built = Stack(f"http://127.0.0.1:{target}/api/hook", redis_port=redis_port)
-        plans: list[tuple[str, dict[str, object], int | None, tuple[str, ...]]] = [
-            ("hookshield", config("hookshield", target, workdir), 0, ()),
-            ("bare", config("bare", target, workdir, observed=False), 0, ()),
-            ("workers", config("workers", target, workdir), None, ("--workers", "2")),
+        Plan = tuple[str, dict[str, object], int | None, tuple[str, ...], dict[str, str] | None]
+        plans: list[Plan] = [
+            ("hookshield", config("hookshield", target, workdir), 0, (), None),
+            ("bare", config("bare", target, workdir, observed=False), 0, (), None),
+            ("workers", config("workers", target, workdir), None, ("--workers", "2"), None),
         ]
         if redis_port is not None:
             url = f"redis://127.0.0.1:{redis_port}/0"
-            plans.append(("redis", config("redis", target, workdir, redis_url=url), 0, ()))
-        for name, settings, core, args in plans:
-            proxy = start_hookshield(name, settings, workdir, core, *args)
+            plans.append(("redis", config("redis", target, workdir, redis_url=url), 0, (), None))
+        if pure:
+            plans.append(("pure", config("pure", target, workdir), 0, (), SOURCES))
+        for name, settings, core, args, env in plans:
+            proxy = start_hookshield(name, settings, workdir, core, *args, env=env)
             stop.callback(_terminate, proxy.process)
             built.proxies[name] = proxy
         wait_http(built.target_url)

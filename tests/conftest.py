@@ -30,6 +30,25 @@ from hookshield.server import build_apps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+def pytest_report_header() -> str:
+    return f"hookshield: {build()}"
+
+
+def pytest_configure() -> None:
+    """`HOOKSHIELD_EXPECT_COMPILED=1` (scripts/test's second run): refuse to test the
+    Python sources in place of the compiled build."""
+    if os.environ.get("HOOKSHIELD_EXPECT_COMPILED") == "1" and build() != "compiled":
+        raise pytest.UsageError(f"the compiled build was expected, found {build()}")
+
+
+def build() -> str:
+    """Which hookshield the tests import: the mypyc-compiled modules, or the sources."""
+    import hookshield.proxy
+
+    return "compiled" if not hookshield.proxy.__file__.endswith(".py") else "pure Python"
+
+
 # Test files (SQLite queues, Redis data, configs) go to tmpfs where there is one. On a disk
 # busy writing back (CI installs packages just before the tests) an fsync can stall for
 # hundreds of milliseconds, which timing assertions would read as a hookshield delay.

@@ -29,7 +29,7 @@ Headers = list[tuple[bytes, bytes]]
 _MAX_IDLE_PER_ORIGIN = 256
 
 
-class ConnectionFailed(OSError):
+class ConnectionFailed(Exception):
     """The target could not be connected to, or the connection broke before a whole answer."""
 
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -241,7 +241,10 @@ class Listener:
             lambda: HttpConnection(self), host, port, reuse_port=reuse_port or None, backlog=4096
         )
         self._sweeper = loop.create_task(self._sweep())
-        return int(self._server.sockets[0].getsockname()[1])
+        server: Any = (
+            self._server
+        )  # uvloop's `sockets` is a list, typeshed's a tuple (mypyc checks)
+        return int(server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
         """Close keep-alive connections idle for longer than `keepalive_s`."""
