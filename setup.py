@@ -2,7 +2,9 @@
 a C compiler and the Python headers) the modules every call goes through are compiled to C
 extensions; the container image is built so. They behave as the Python sources do (the test
 suite runs against both builds) and serve about a tenth more calls per CPU-second
-(docs/benchmarks.md). Without it, or in an editable install, hookshield is pure Python.
+(docs/benchmarks.md). Without it hookshield is pure Python. Not for an editable install:
+the extensions would land beside the sources and shadow them (`scripts/build-native` builds
+a compiled copy elsewhere).
 """
 
 import os

@@ -241,9 +241,8 @@ class Listener:
             lambda: HttpConnection(self), host, port, reuse_port=reuse_port or None, backlog=4096
         )
         self._sweeper = loop.create_task(self._sweep())
-        server: Any = (
-            self._server
-        )  # uvloop's `sockets` is a list, typeshed's a tuple (mypyc checks)
+        # uvloop's `sockets` is a list where typeshed says tuple, which the compiled build checks
+        server: Any = self._server
         return int(server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
