@@ -406,3 +406,33 @@ async def test_an_origin_no_delivery_uses_is_forgotten(stack: Any, target: Any) 
     deliverer = hs.state.deliverer
     assert deliverer is not None
     await wait_for(lambda: len(deliverer.slots) == 0)
+
+
+async def test_an_idle_deliverer_stops_sampling_and_looks_ever_less_often(
+    stack: Any, target: Any
+) -> None:
+    """Once all is delivered and no call arrives: no pressure samples, a few looks at the
+    empty queue a second (not 20); a local enqueue is still delivered at once."""
+    app: Target = await target()
+    hs: Stack = await stack(async_route(app.url))
+    deliverer = hs.state.deliverer
+    assert deliverer is not None
+    assert hs.state.store is not None
+    assert (await hs.data.post("/events", data=b"first")).status == 202
+    await wait_for(lambda: len(app.seen) == 1)
+    await wait_for(lambda: not deliverer.pressure.running, timeout_s=5)
+    looks: list[float] = []
+    lease = hs.state.store.lease
+
+    async def counted(now: float, limit: int, lease_s: float) -> Any:
+        looks.append(now)
+        return await lease(now, limit, lease_s)
+
+    hs.state.store.lease = counted  # type: ignore[method-assign]
+    await asyncio.sleep(3.0)  # the pauses grow to 1 s within the first two
+    assert len(looks) <= 6, looks
+    assert not deliverer.pressure.running
+    started = time.monotonic()
+    assert (await hs.data.post("/events", data=b"second")).status == 202
+    await wait_for(lambda: len(app.seen) == 2)
+    assert time.monotonic() - started < 0.5  # woken, not found at the next look (1 s)

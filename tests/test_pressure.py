@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from hookshield.pressure import Pressure
+from tests.conftest import wait_for
 
 
 def spin(seconds: float) -> None:
@@ -53,3 +54,17 @@ async def test_an_idle_loop_receiving_calls_is_not_busy() -> None:
     samples = await samples_of(steps=10, calls_per_step=1, spin_s=0, idle_s=0.02)
     assert samples
     assert not any(samples)
+
+
+async def test_quiet_until_a_call_and_stopped_until_started() -> None:
+    """`quiet` while the call count stands still, not after a call; `running` follows
+    start and stop, also when the sample callback stops it."""
+    calls = [0]
+    pressure = Pressure(lambda: calls[0], lambda busy: pressure.stop(), every_s=0.02)
+    assert not pressure.running
+    pressure.start()
+    assert pressure.running
+    assert pressure.quiet
+    calls[0] += 1
+    assert not pressure.quiet
+    await wait_for(lambda: not pressure.running)  # the first sample's callback stopped it

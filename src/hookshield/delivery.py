@@ -11,6 +11,12 @@ Deliveries give way to the data plane (`pressure`): while the process is short o
 calls arrive, the number of deliveries at once is halved every 50 ms down to one; once it
 has not been for 150 ms, it grows back by one eighth of `workers` every 50 ms. A burst of
 calls is accepted at full speed, and the backlog it leaves is delivered after.
+
+An idle deliverer costs little: the pressure samples stop while no delivery runs and no
+call arrives, and an empty queue is looked at ever less often (50 ms, doubled per empty
+look up to 1 s). A local enqueue or replay wakes it at once, and a retry it scheduled
+itself is leased when due; a call queued by another worker or replica waits for the next
+look.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much la
 MAX_RETRY_AFTER_S = 24 * 3600.0
 CALM_SAMPLES = 3  # pressure samples in a row without pressure before deliveries grow again
 STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
+IDLE_POLL_MAX_S = 1.0  # the longest pause between two looks at an empty queue
 
 
 def backoff_s(retry: RetryConfig, attempt: int, retry_after_s: float | None = None) -> float:
@@ -85,6 +92,9 @@ class Deliverer:
         self.per_target = per_target or max(1, workers // 2)
         self.refill = max(1, workers // 4)  # while busy, lease again once this many are free
         self.poll_s = poll_s
+        self._pause_s = poll_s  # before the next look at a queue found empty
+        self._due_at = float("inf")  # the earliest retry or deferral this deliverer scheduled
+        self._calls_seen = 0  # the data plane's call count at the last look
         self._active: dict[asyncio.Task[None], Delivery] = {}
         self.slots = OriginSlots(self.per_target, CAP_WAIT_S)
         self._wake = asyncio.Event()
@@ -95,11 +105,11 @@ class Deliverer:
         self.pressure = Pressure(state.data_calls, self._adjust)
 
     def start(self) -> None:
-        self.pressure.start()
         self._loop_task = asyncio.create_task(self._run())
 
     def wake(self) -> None:
         """Look for due deliveries now (called after a local enqueue)."""
+        self._pause_s = self.poll_s
         self._wake.set()
 
     async def stop(self, grace_s: float) -> None:
@@ -128,15 +138,34 @@ class Deliverer:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._watch_pressure()
             leased = await self._lease()
             for delivery in leased:
                 task = asyncio.create_task(self._deliver(delivery))
                 self._active[task] = delivery
                 task.add_done_callback(self._done)
-            if not leased and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_s):
-                        await self._wake.wait()
+            if leased:
+                self._pause_s = self.poll_s
+            elif not self._stopping:
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Until woken, a retry of ours is due, or the next look at the queue. (A retry already
+        due waits for a free slot: a finishing delivery wakes the loop.)"""
+        until_due = self._due_at - time.time()
+        pause = min(self._pause_s, until_due) if until_due > 0 else self._pause_s
+        self._pause_s = min(self._pause_s * 2, IDLE_POLL_MAX_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await self._wake.wait()
+
+    def _watch_pressure(self) -> None:
+        """Sample the pressure while deliveries run or calls arrive (so that deliveries
+        start at the right number after a quiet spell), not while all is idle."""
+        calls = self.state.data_calls()
+        if not self.pressure.running and (self._active or calls != self._calls_seen):
+            self.pressure.start()
+        self._calls_seen = calls
 
     def _adjust(self, busy: bool) -> None:
         """Fewer deliveries at once under pressure (halved, down to 1); more again once
@@ -147,6 +176,8 @@ class Deliverer:
         elif self._calm >= CALM_SAMPLES and self.limit < self.workers:
             self.limit = min(self.workers, self.limit + max(1, self.workers // 8))
             self._wake.set()
+        elif not self._active and self.limit >= self.workers and self.pressure.quiet:
+            self.pressure.stop()  # all idle: `_watch_pressure` starts it again
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
@@ -157,6 +188,8 @@ class Deliverer:
         free = self.limit - len(self._active)
         if runtime is None or free <= 0 or (self._active and free < self.refill):
             return []  # a busy queue is leased in batches, not one delivery per lease
+        if self._due_at <= time.time():
+            self._due_at = float("inf")  # due now: this lease takes it (or another process did)
         longest = max((p.timeout_s for p in runtime.plans), default=10.0)
         lease_s = max(self.lease_s, longest + LEASE_MARGIN_S)
         try:
@@ -192,8 +225,12 @@ class Deliverer:
 
     async def _defer(self, delivery: Delivery, pause_s: float) -> None:
         """Later again, without using up an attempt."""
-        await self.store.reschedule(delivery, time.time() + pause_s)
+        await self._reschedule(delivery, time.time() + pause_s)
         self.state.metrics.delivery(delivery.route, "deferred")
+
+    async def _reschedule(self, delivery: Delivery, due_at: float) -> None:
+        await self.store.reschedule(delivery, due_at)
+        self._due_at = min(self._due_at, due_at)
 
     async def _send(self, plan: RoutePlan, delivery: Delivery) -> None:
         breaker = plan.breakers.get(delivery.origin)
@@ -243,7 +280,7 @@ class Deliverer:
             await self._bury(delivery, "exhausted")
         else:
             pause = backoff_s(plan.config.retry, delivery.attempts, wait_s)
-            await self.store.reschedule(delivery, time.time() + pause)
+            await self._reschedule(delivery, time.time() + pause)
             self.state.metrics.delivery(delivery.route, "retry")
 
     async def _bury(self, delivery: Delivery, reason: str) -> None:

@@ -59,8 +59,19 @@ class Pressure:
         self._calls: deque[int] = deque(maxlen=CALLS_WINDOWS)  # the count at recent samples
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
+
+    @property
+    def quiet(self) -> bool:
+        """No calls arrived within the last `CALLS_WINDOWS` samples."""
+        return self.calls() == self._calls[0] if self._calls else True
+
     def start(self) -> None:
+        """Sample from now on (again); the first sample after a start compares with now."""
         self._last = (time.monotonic(), runnable_s())
+        self._calls.clear()
         self._calls.append(self.calls())
         self._timer = asyncio.get_running_loop().call_later(self.every_s, self._sample)
 
@@ -75,5 +86,5 @@ class Pressure:
         self.busy = share >= self.busy_share and calls > self._calls[0]
         self._last = (now, runnable)
         self._calls.append(calls)
-        self.on_sample(self.busy)
         self._timer = asyncio.get_running_loop().call_later(self.every_s, self._sample)
+        self.on_sample(self.busy)  # which may stop the sampling
