@@ -23,57 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
-import random
 import time
 from functools import partial
 
 from hookshield import logs, outcomes
 from hookshield.attempt import attempt
-from hookshield.config.models import RetryConfig
 from hookshield.errors import ProxyError
 from hookshield.limits import OriginSlots
 from hookshield.pressure import Pressure
 from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
+from hookshield.retry import backoff_s, retry_after_s
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
 LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
 CAP_WAIT_S = 0.05  # a delivery whose target is at its cap waits this long for a free slot,
 CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much later
-MAX_RETRY_AFTER_S = 24 * 3600.0
 CALM_SAMPLES = 3  # pressure samples in a row without pressure before deliveries grow again
 STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
 IDLE_POLL_MAX_S = 1.0  # the longest pause between two looks at an empty queue
-
-
-def backoff_s(retry: RetryConfig, attempt: int, retry_after_s: float | None = None) -> float:
-    """The pause after failed attempt number `attempt` (1-based)."""
-    if retry.schedule_s:
-        delay = retry.schedule_s[min(attempt, len(retry.schedule_s)) - 1]
-    else:
-        delay = (
-            min(retry.initial_delay_ms * retry.multiplier ** (attempt - 1), retry.max_delay_ms)
-            / 1000
-        )
-        if retry.jitter:
-            delay *= random.random()  # full jitter
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
-    return delay
-
-
-def retry_after_s(value: str | None, now: float) -> float | None:
-    """`Retry-After` as seconds from now: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
 
 
 class Deliverer:
