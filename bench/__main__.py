@@ -33,12 +33,22 @@ from bench.stack import Stack, stack, use_compiled_build
 
 BASELINE = Path(__file__).with_name("baseline.json")
 Rows = dict[str, list[Result]]
+# Each hookshield row: the proxy it measures (`bench.stack`) and the route's path. A row
+# whose proxy did not start (no Redis, no compiled build) is left out.
+HOOKSHIELD_ROWS = {
+    "hookshield": ("hookshield", "/hook"),
+    "bare": ("bare", "/hook"),
+    "2 workers": ("workers", "/hook"),
+    "pure": ("pure", "/hook"),
+    "async sqlite": ("hookshield", "/async"),
+    "async redis": ("redis", "/async"),
+}
 
 
 def drained(st: Stack, name: str, timeout_s: float = 300.0) -> None:
     """Wait until the async queue behind row `name` is empty (deliveries must not load the
     next row)."""
-    proxy = st.proxies["redis" if name == "async redis" else "hookshield"]
+    proxy = st.proxies[HOOKSHIELD_ROWS[name][0]]
     deadline = time.monotonic() + timeout_s
     while _pending(st, proxy.queue_db) > 0:
         if time.monotonic() > deadline:
@@ -60,14 +70,10 @@ def closed_paths(st: Stack, nginx_url: str | None) -> dict[str, str]:
     if nginx_url:
         paths["nginx"] = nginx_url
     paths |= {
-        "hookshield": st.proxies["hookshield"].url("/hook"),
-        "bare": st.proxies["bare"].url("/hook"),
-        "2 workers": st.proxies["workers"].url("/hook"),
-        **({"pure": st.proxies["pure"].url("/hook")} if "pure" in st.proxies else {}),
-        "async sqlite": st.proxies["hookshield"].url("/async"),
+        row: st.proxies[proxy].url(path)
+        for row, (proxy, path) in HOOKSHIELD_ROWS.items()
+        if proxy in st.proxies
     }
-    if "redis" in st.proxies:
-        paths["async redis"] = st.proxies["redis"].url("/async")
     return paths
 
 
@@ -86,8 +92,7 @@ def measure(paths: dict[str, str], rounds: int, one: Callable[[str], Result], st
 
 
 def _pid(st: Stack, name: str) -> int | None:
-    proxy = {"hookshield": "hookshield", "bare": "bare", "2 workers": "workers", "pure": "pure",
-             "async sqlite": "hookshield", "async redis": "redis"}.get(name)  # fmt: skip
+    proxy = HOOKSHIELD_ROWS[name][0] if name in HOOKSHIELD_ROWS else None
     return st.proxies[proxy].process.pid if proxy in st.proxies else None
 
 
@@ -208,7 +213,7 @@ def report_scaling(med: dict[str, Result]) -> None:
     one, two = med["hookshield"], med["2 workers"]
     if not (one.cpu_cores and two.cpu_cores):
         return
-    per_one, per_two = one.throughput / one.cpu_cores, two.throughput / two.cpu_cores
+    per_one, per_two = _per_cpu_second(one), _per_cpu_second(two)
     print(f"hookshield CPU: 1 worker {one.cpu_cores:.2f} cores, 2 workers {two.cpu_cores:.2f} "
           f"cores; requests per CPU-second {per_one:,.0f} and {per_two:,.0f}: "
           f"2 workers do {per_two / per_one:.2f} x the work per CPU-second of one")  # fmt: skip
@@ -222,9 +227,14 @@ def report_build(med: dict[str, Result]) -> None:
     compiled, pure = med["hookshield"], med.get("pure")
     if pure is None or not (compiled.cpu_cores and pure.cpu_cores):
         return
-    per_cpu = (compiled.throughput / compiled.cpu_cores) / (pure.throughput / pure.cpu_cores)
+    per_cpu = _per_cpu_second(compiled) / _per_cpu_second(pure)
     print(f"compiled build vs the sources: {compiled.throughput / pure.throughput:.2f} x the "
           f"requests/s, {per_cpu:.2f} x the requests per CPU-second")  # fmt: skip
+
+
+def _per_cpu_second(row: Result) -> float:
+    """Requests served per CPU-second the row's hookshield processes used."""
+    return row.throughput / row.cpu_cores
 
 
 def report_open(rows: Rows, args: argparse.Namespace) -> None:

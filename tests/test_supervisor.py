@@ -32,14 +32,15 @@ def _config(target_url: str, tmp_path: Path) -> dict[str, Any]:
     }
 
 
+def _events(hs: Hookshield, name: str) -> list[dict[str, Any]]:
+    """The supervisor's log lines of event `name`, in order."""
+    lines = hs.log().splitlines()
+    return [json.loads(line) for line in lines if f'"event": "{name}"' in line]
+
+
 def _workers(hs: Hookshield) -> dict[int, int]:
     """Worker index -> pid, from the supervisor's `worker_started` lines (latest wins)."""
-    started: dict[int, int] = {}
-    for line in hs.log().splitlines():
-        if '"worker_started"' in line:
-            event = json.loads(line)
-            started[event["worker"]] = event["pid"]
-    return started
+    return {event["worker"]: event["pid"] for event in _events(hs, "worker_started")}
 
 
 STARTED: list[Hookshield] = []
@@ -152,12 +153,11 @@ async def test_a_worker_that_dies_is_restarted(tmp_path: Path, target: Any) -> N
 
 
 async def _wait_for_starts(hs: Hookshield, count: int) -> None:
-    await wait_for(lambda: hs.log().count('"worker_started"') == count, timeout_s=10)
+    await wait_for(lambda: len(_events(hs, "worker_started")) == count, timeout_s=10)
 
 
 def _restart_pauses(hs: Hookshield) -> list[float]:
-    return [json.loads(line)["restart_in_s"] for line in hs.log().splitlines()
-            if '"worker_exited"' in line]  # fmt: skip
+    return [event["restart_in_s"] for event in _events(hs, "worker_exited")]
 
 
 async def test_a_worker_dying_young_is_restarted_after_longer_pauses(
@@ -177,7 +177,7 @@ async def test_a_worker_dying_young_is_restarted_after_longer_pauses(
     started = asyncio.get_running_loop().time()
     assert await hs.stop() == 0
     assert asyncio.get_running_loop().time() - started < 3.0
-    assert hs.log().count('"worker_started"') == 4  # two workers, two restarts
+    assert len(_events(hs, "worker_started")) == 4  # two workers, two restarts
 
 
 def test_restart_pause_doubles_while_young_and_resets_once_stable() -> None:
