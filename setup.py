@@ -17,8 +17,8 @@ from setuptools import setup
 # subclasses of OSError, class bodies with tuple assignments).
 COMPILED = (
     "attempt", "breaker", "fallback", "headers", "httpclient", "httpserver", "limits", "logs",
-    "metrics", "outcomes", "proxy", "routing", "runtime", "signing", "stats", "targets",
-    "upstream",
+    "message", "metrics", "outcomes", "proxy", "routing", "runtime", "signing", "stats",
+    "targets", "upstream",
 )  # fmt: skip
 
 

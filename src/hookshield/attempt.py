@@ -2,7 +2,8 @@
 
 Shared by the sync proxy and async delivery. The caller has taken a breaker ticket; this
 sends, gives the ticket back with the verdict of `outcomes`, and records the attempt in
-the metrics and the recent-window statistics. A cancelled attempt gives no verdict.
+the metrics and the recent-window statistics. A cancelled attempt gives no verdict, nor
+does one hookshield could not make for want of its own resources (counted apart).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from hookshield import outcomes
 from hookshield.breaker import Breaker, Ticket
-from hookshield.errors import ProxyError
+from hookshield.errors import LocalResourceError, ProxyError
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse
 
@@ -30,6 +31,10 @@ async def attempt(
     started = time.perf_counter()
     try:
         answer = await sending()
+    except LocalResourceError as exc:
+        breaker.release(ticket)  # hookshield's failure, not the target's
+        state.local_error(exc)
+        raise
     except ProxyError as exc:
         kind = outcomes.of_error(exc)
         if kind is None:

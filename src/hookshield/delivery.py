@@ -29,7 +29,7 @@ from functools import partial
 
 from hookshield import logs, outcomes
 from hookshield.attempt import attempt
-from hookshield.errors import ProxyError
+from hookshield.errors import LocalResourceError, ProxyError
 from hookshield.limits import OriginSlots
 from hookshield.pressure import Pressure
 from hookshield.queue.base import Delivery, DeliveryStore, StoreUnavailable
@@ -40,6 +40,7 @@ from hookshield.upstream import UpstreamResponse, send
 LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
 CAP_WAIT_S = 0.05  # a delivery whose target is at its cap waits this long for a free slot,
 CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much later
+LOCAL_DEFER_S = 1.0  # a delivery hookshield could not send for want of descriptors or buffers
 CALM_SAMPLES = 3  # pressure samples in a row without pressure before deliveries grow again
 STOP_LOOP_S = 5.0  # the lease loop's own exit: one store call, bounded by its socket timeout
 IDLE_POLL_MAX_S = 1.0  # the longest pause between two looks at an empty queue
@@ -209,20 +210,15 @@ class Deliverer:
             return
         number = delivery.attempts + 1
         headers = _headers(plan, delivery, number)
-        limit = self.state.config.max_response_bytes
         sending = partial(
-            send,
-            plan.client,
-            delivery.method,
-            delivery.url,
-            delivery.origin,
-            headers,
-            delivery.body,
-            plan.timeout_s,
-            limit,
-        )
+            send, plan.client, delivery.method, delivery.url, delivery.origin, headers,
+            delivery.body, plan.timeout_s,
+        )  # fmt: skip
         try:
             answer = await attempt(self.state, plan, delivery.origin, breaker, ticket, sending)
+        except LocalResourceError:  # hookshield's own shortage: later again, no attempt used
+            await self._defer(delivery, LOCAL_DEFER_S)
+            return
         except ProxyError as exc:
             failed = delivery.after(attempts=number, last_status=None, last_error=exc.message)
             await self._settle(plan, failed, outcomes.of_error(exc), None)

@@ -10,7 +10,7 @@ import json
 
 from multidict import CIMultiDict
 
-from hookshield.httpserver import Answer
+from hookshield.message import Answer
 
 
 class ProxyError(Exception):
@@ -63,6 +63,15 @@ class Overloaded(ProxyError):
     status, code, fallback_reason = 503, "OVERLOADED", "overloaded"
 
 
+class LocalResourceError(Overloaded):
+    """hookshield itself ran out of a resource (file descriptors, socket buffers) while
+    calling a target: its own failure, never counted against the target's breaker."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # the `kind` label of hookshield_local_errors_total
+
+
 class NoRoute(ProxyError):
     status, code = 404, "NO_ROUTE"
 
@@ -92,3 +101,20 @@ class BadRequest(ProxyError):
 
 class QueueUnavailable(ProxyError):
     status, code = 503, "QUEUE_UNAVAILABLE"
+
+
+# The platform-side HTTP rules (SPEC §9): the connection is closed after these answers.
+class HeadersTooLarge(ProxyError):
+    status, code = 431, "HEADERS_TOO_LARGE"
+
+
+class UriTooLong(ProxyError):
+    status, code = 414, "URI_TOO_LONG"
+
+
+class RequestTimeout(ProxyError):
+    status, code = 408, "REQUEST_TIMEOUT"
+
+
+class VersionNotSupported(ProxyError):
+    status, code = 505, "VERSION_NOT_SUPPORTED"

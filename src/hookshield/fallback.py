@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from hookshield.breaker import Clock
 from hookshield.config.models import FallbackConfig
-from hookshield.httpserver import Answer
+from hookshield.message import Answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,40 +14,18 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 from multidict import CIMultiDict
 
+from hookshield.message import Answer, Request
+
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 OUTCOME_HEADER = "X-Hookshield-Outcome"  # on every data-plane answer (SPEC §4)
 _MAX_PIPELINED = 32  # queued requests on one connection before it stops reading
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    raw_path: str  # path and query, as received
-    headers: CIMultiDict[str]
-    body: bytes
-    started: float  # loop time when its headers were read
-    too_large: bool = False  # the body exceeds the limit and was not read
-
-    @property
-    def path(self) -> str:
-        return self.raw_path.partition("?")[0]
-
-
-@dataclass(slots=True)
-class Answer:
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-    passed: bytes = b""  # header lines passed through as received (a target's), before `headers`
-    outcome: str = ""  # how it was answered (SPEC §4): sent as `X-Hookshield-Outcome`
 
 
 Handler = Callable[[Request], Awaitable[Answer]]

@@ -132,6 +132,10 @@ class Metrics:
             "hookshield_health_check_consecutive_failures", "Failed active health probes in a row.",
             ["route", "target"], registry=r,
         )  # fmt: skip
+        self.local_errors = Counter(
+            "hookshield_local_errors", "Calls hookshield could not make for want of its own "
+            "resources (file descriptors, buffers), by kind.", ["kind"], registry=r,
+        )  # fmt: skip
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self._requests = CounterTally(self.requests)
@@ -171,6 +175,10 @@ class Metrics:
         self.circuit_state.labels(route, target).set(state)
         if entered is not None:
             self.circuit_transitions.labels(route, target, entered).inc()
+
+    def local_error(self, kind: str) -> None:
+        if self.enabled:
+            self.local_errors.labels(kind).inc()
 
     def delivery(self, route: str, result: str) -> None:
         if self.enabled:

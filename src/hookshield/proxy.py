@@ -35,8 +35,8 @@ from hookshield.errors import (
     UpstreamUnreachable,
 )
 from hookshield.fallback import cache_key
-from hookshield.httpserver import Answer, Request
 from hookshield.limits import Bulkhead
+from hookshield.message import Answer, Request
 from hookshield.queue.base import Delivery, StoreUnavailable
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
@@ -246,10 +246,7 @@ def _send(plan: RoutePlan, call: Call, url: str, origin: str) -> Awaitable[Upstr
     if plan.signer is not None:
         extra += plan.signer.sign(call.body, call.request_id, int(time.time()))
     headers = plan.headers.outbound(call.request.headers, extra)
-    limit = call.state.config.max_response_bytes
-    return send(
-        plan.client, call.request.method, url, origin, headers, call.body, remaining_s, limit
-    )
+    return send(plan.client, call.request.method, url, origin, headers, call.body, remaining_s)
 
 
 def deadline_s(plan: RoutePlan, request: Request) -> float:

@@ -22,6 +22,7 @@ from hookshield import logs
 from hookshield.breaker import Breakers, CircuitState, TransitionListener
 from hookshield.config.models import Config, DynamicTarget, RouteConfig, StaticTarget
 from hookshield.config.routes import compile_host_globs
+from hookshield.errors import LocalResourceError
 from hookshield.fallback import Fallback
 from hookshield.headers import HeaderPolicy
 from hookshield.health import HealthCheck
@@ -206,7 +207,7 @@ class State:
         self.config = config
         self.metrics = Metrics(enabled=config.metrics_enabled)
         self.stats = Stats()
-        self.upstream = Upstream()
+        self.upstream = Upstream(config.limits)
         self.runtime: Runtime | None = None
         self.store: DeliveryStore | None = None
         self.deliverer: Deliverer | None = None
@@ -221,11 +222,17 @@ class State:
         generation = self.runtime.generation + 1 if self.runtime else 1
         runtime = build_runtime(config, self.upstream, self.metrics, generation, self.runtime)
         runtime.start()
+        self.upstream.configure(config.limits)
         self.runtime, self.config = runtime, config
         self.metrics.generation.set(generation)
         for route in config.routes:
             self.metrics.route_timeout.labels(route.name).set(route.timeout_ms / 1000)
         return runtime
+
+    def local_error(self, error: LocalResourceError) -> None:
+        """hookshield ran short of a resource while calling a target: logged and counted."""
+        self.metrics.local_error(error.kind)
+        logs.event("local_error", logging.ERROR, kind=error.kind, error=error.message)
 
     def record_attempt(self, plan: RoutePlan, origin: str, result: str, seconds: float) -> None:
         """One attempt to a target: into the metrics and the recent-window statistics."""

@@ -24,7 +24,8 @@ from hookshield.admin import build_admin_app
 from hookshield.config.models import Address, Config
 from hookshield.delivery import Deliverer
 from hookshield.errors import BadRequest
-from hookshield.httpserver import Answer, Listener
+from hookshield.httpserver import Listener
+from hookshield.message import Answer
 from hookshield.proxy import handle
 from hookshield.queue import open_store
 from hookshield.reload import Reloader

@@ -67,6 +67,8 @@ class DynamicResolver:
             raise BadRequest(f"{self.header} is not a valid URL") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise BadRequest(f"{self.header} must be an absolute http:// or https:// URL")
+        if url.raw_user is not None or url.raw_password is not None:
+            raise BadRequest(f"{self.header} must not hold credentials (user:password@)")
         return url
 
 

@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 from multidict import CIMultiDict
 
-from hookshield.config.models import Network
-from hookshield.errors import TargetForbidden, Timeout, UpstreamError, UpstreamUnreachable
+from hookshield.config.models import Limits, Network
+from hookshield.errors import (
+    LocalResourceError,
+    TargetForbidden,
+    Timeout,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from hookshield.headers import Pairs, RawPairs
-from hookshield.httpclient import AnswerTooLarge, Connection, ConnectionFailed, Pool, pool_for
+from hookshield.httpclient import (
+    AnswerBroken,
+    AnswerLimits,
+    AnswerTooLarge,
+    Connection,
+    ConnectionFailed,
+    IdleBudget,
+    LocalExhausted,
+    Pool,
+    RawAnswer,
+    StaleConnection,
+    pool_for,
+)
 from hookshield.netguard import ForbiddenAddress
 
-DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -47,15 +65,25 @@ class UpstreamResponse:
 class Client:
     """Keep-alive pools per origin, all under one address policy (None: any address)."""
 
-    def __init__(self, allow: tuple[Network, ...] | None, keepalive_s: float) -> None:
-        self.allow, self.keepalive_s = allow, keepalive_s
+    def __init__(
+        self, allow: tuple[Network, ...] | None, budget: IdleBudget, watch: Callable[[], None]
+    ) -> None:
+        self.allow, self.budget, self.watch = allow, budget, watch
+        self.limits = _answer_limits(Limits())  # set by `Upstream.configure`
         self.pools: dict[str, Pool] = {}
 
     def pool(self, origin: str) -> Pool:
         pool = self.pools.get(origin)
         if pool is None:
-            pool = self.pools[origin] = pool_for(origin, self.allow, self.keepalive_s)
+            pool = self.pools[origin] = pool_for(origin, self.allow, self.budget)
+            self.watch()  # the owner looks after idle pools from now on
         return pool
+
+    def forget_idle(self, now: float, keepalive_s: float) -> None:
+        """Drop the pools of origins unused for longer than `keepalive_s`."""
+        for origin, pool in list(self.pools.items()):
+            if not pool.idle and now - pool.last_used > keepalive_s:
+                del self.pools[origin]
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -63,23 +91,65 @@ class Client:
 
 
 class Upstream:
-    """The clients; started and closed by the app lifecycle, shared across reloads."""
+    """The clients; started and closed by the app lifecycle, shared across reloads. One
+    budget of idle connections spans them all; a timer, armed while any pool exists,
+    closes idle connections past their keep-alive time and drops pools of idle origins."""
 
-    def __init__(self, keepalive_s: float = 30.0) -> None:
-        self._keepalive_s = keepalive_s
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.budget = IdleBudget(0, 0.0)
         self._clients: dict[tuple[Network, ...] | None, Client] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self.configure(limits or Limits())
+
+    def configure(self, limits: Limits) -> None:
+        """The limits of a config in force: for every exchange and idle connection from now on."""
+        self.limits = limits
+        self.budget.limit = limits.max_idle_connections
+        self.budget.keepalive_s = limits.upstream_keepalive_s
+        for client in self._clients.values():
+            client.limits = _answer_limits(limits)
 
     def client(self, allow: tuple[Network, ...] | None = None) -> Client:
         """The client for static targets (`allow` None), or for one `allow_networks` set."""
         client = self._clients.get(allow)
         if client is None:
-            client = self._clients[allow] = Client(allow, self._keepalive_s)
+            client = self._clients[allow] = Client(allow, self.budget, self._arm)
+            client.limits = _answer_limits(self.limits)
         return client
 
+    def _arm(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._sweep_every_s(), self._sweep)
+
+    def _sweep_every_s(self) -> float:
+        return min(_SWEEP_S, self.budget.keepalive_s / 2)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        self.budget.expire(now)
+        for client in self._clients.values():
+            client.forget_idle(now, self.budget.keepalive_s)
+        if any(client.pools for client in self._clients.values()):
+            self._arm()
+
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+_SWEEP_S = 1.0  # how often idle connections and pools are looked at, at most
+
+
+def _answer_limits(limits: Limits) -> AnswerLimits:
+    return AnswerLimits(
+        limits.max_response_bytes, limits.max_response_header_bytes, limits.max_response_headers
+    )
 
 
 def encode_request(method: str, path: str, host: str, headers: Pairs, body: bytes) -> bytes:
@@ -93,7 +163,10 @@ def encode_request(method: str, path: str, host: str, headers: Pairs, body: byte
 
 
 def _path(url: str, origin: str) -> str:
-    path = url[len(origin) :] if url.startswith(origin) else url
+    """The origin-form request-target (RFC 9112 §3.2.1): path and query of `url`."""
+    if not url.startswith(origin):
+        raise ValueError(f"{url!r} is not under {origin!r}")  # resolvers build it so
+    path = url[len(origin) :]
     return path if path.startswith("/") else "/" + path
 
 
@@ -105,27 +178,18 @@ async def send(
     headers: Pairs,
     body: bytes,
     timeout_s: float,
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> UpstreamResponse:
     """One request, redirects not followed; raises `Timeout`, `UpstreamUnreachable`,
-    `TargetForbidden`, or `UpstreamError` for an answer larger than `max_response_bytes`."""
+    `TargetForbidden`, `LocalResourceError`, or `UpstreamError` for an answer that broke
+    off, was malformed or larger than the limits."""
     pool = client.pool(origin)
     request = encode_request(method, _path(url, origin), pool.host_header, headers, body)
     loop = asyncio.get_running_loop()
-    connection: Connection | None = None
-    now = loop.time()
-    deadline = now + timeout_s
+    deadline = loop.time() + timeout_s
     try:
-        connection = pool.take(now)
-        if connection is None:
-            async with asyncio.timeout_at(deadline):
-                connection = await pool.connect()
-        head = method == "HEAD"
-        raw = await connection.exchange(loop, request, max_response_bytes, head, deadline)
+        connection, raw = await _exchange(loop, pool, request, client.limits, method, deadline)
     except BaseException as exc:
-        if connection is not None:
-            connection.close()
-        error = _translated(exc, timeout_s, max_response_bytes)
+        error = _translated(exc, timeout_s, client.limits)
         if error is exc:
             raise
         raise error from exc
@@ -133,14 +197,40 @@ async def send(
     return UpstreamResponse(raw.status, raw.headers, raw.body)
 
 
-def _translated(exc: BaseException, timeout_s: float, limit: int) -> BaseException:
+async def _exchange(
+    loop: asyncio.AbstractEventLoop,
+    pool: Pool,
+    request: bytes,
+    limits: AnswerLimits,
+    method: str,
+    deadline: float,
+) -> tuple[Connection, RawAnswer]:
+    """On a pooled connection, or a new one; a pooled connection the target had closed
+    before it answered a byte is replaced once, at once (SPEC §9)."""
+    head = method == "HEAD"
+    connection = pool.take(loop.time())
+    if connection is not None:
+        try:
+            return connection, await connection.exchange(loop, request, limits, head, deadline)
+        except StaleConnection:
+            pass
+    async with asyncio.timeout_at(deadline):
+        connection = await pool.connect()
+    return connection, await connection.exchange(loop, request, limits, head, deadline)
+
+
+def _translated(exc: BaseException, timeout_s: float, limits: AnswerLimits) -> BaseException:
     """The SPEC error for a failed exchange; anything else (cancellation) as it is."""
     if isinstance(exc, TimeoutError):
         return Timeout(f"the target did not answer within {math.ceil(timeout_s * 1000)} ms")
     if isinstance(exc, ForbiddenAddress):
         return TargetForbidden(str(exc))
     if isinstance(exc, AnswerTooLarge):
-        return UpstreamError(f"the target's answer is larger than {limit} bytes")
+        return UpstreamError(f"the target's answer is larger than {limits.body_bytes} bytes")
+    if isinstance(exc, AnswerBroken):
+        return UpstreamError(str(exc))
+    if isinstance(exc, LocalExhausted):
+        return LocalResourceError(str(exc), kind=exc.kind)
     if isinstance(exc, ConnectionFailed | OSError):
         return UpstreamUnreachable(f"the target could not be reached: {exc}")
     return exc

@@ -83,6 +83,25 @@ class HealthCheckConfig:
 class HeadersConfig:
     add: tuple[tuple[str, str], ...] = ()
     remove: tuple[str, ...] = ()
+    allow_underscores: bool = False  # forward header names spelled with `_` (SPEC §9)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`limits`: the data plane's sizes and timeouts on both sides (SPEC §4, §9)."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_response_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 65536  # request line + header block
+    max_headers: int = 100
+    max_url_bytes: int = 8192
+    header_timeout_ms: float = 10000.0  # the whole header block
+    body_timeout_ms: float = 10000.0  # the longest gap between body bytes
+    idle_timeout_s: float = 75.0  # an idle keep-alive connection of the platform's
+    max_response_header_bytes: int = 65536  # a target's status line + header block
+    max_response_headers: int = 100
+    max_idle_connections: int = 256  # idle pooled target connections, all origins together
+    upstream_keepalive_s: float = 30.0  # how long a pooled target connection may stay idle
 
 
 @dataclass(frozen=True)
@@ -154,11 +173,18 @@ class Config:
     listen: Address
     admin: AdminConfig
     queue: QueueConfig
-    max_body_bytes: int
     log_level: str
     routes: tuple[RouteConfig, ...]
     source: Path | None = None
     secret_files: tuple[Path, ...] = ()  # re-read on reload; a change to one triggers a reload
     reload_poll_s: float = 1.0
     metrics_enabled: bool = True
-    max_response_bytes: int = 10 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.limits.max_body_bytes
+
+    @property
+    def max_response_bytes(self) -> int:
+        return self.limits.max_response_bytes

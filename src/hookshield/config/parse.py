@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hookshield.config.models import Address, AdminConfig, Config, QueueConfig, Secret
+from hookshield.config.models import Address, AdminConfig, Config, Limits, QueueConfig, Secret
 from hookshield.config.policies import POLICY_KEYS, Policies, parse_policies
 from hookshield.config.reader import Problems, Section, describe, join
 from hookshield.config.routes import check_unique, parse_route
@@ -32,7 +33,7 @@ TOP_KEYS = (
     "metrics",
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LIMIT_KEYS = ("max_body_bytes", "max_response_bytes")
+LIMIT_KEYS = tuple(f.name for f in fields(Limits))
 
 # env var -> (section, key); values are read as YAML scalars ("8080" -> 8080, "null" -> None).
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -123,15 +124,13 @@ def _build(
     if not root.has("routes"):
         problems.add("routes", "is required (a list of routes)")
     check_unique(routes, problems)
-    limits = root.section("limits", LIMIT_KEYS)
     return Config(
         listen=_address(root.section("listen", ("host", "port")), 8080),
         admin=_admin(root.section("admin", ("host", "port", "token_env"))),
         queue=_queue(
             root.section("queue", ("redis_url", "sqlite_path", "workers", "lease_s")), base_dir
         ),
-        max_body_bytes=limits.integer("max_body_bytes", 1024 * 1024),
-        max_response_bytes=limits.integer("max_response_bytes", 10 * 1024 * 1024),
+        limits=_limits(root.section("limits", LIMIT_KEYS)),
         log_level=_log_level(root.section("log", ("level",))),
         routes=routes,
         source=source,
@@ -170,6 +169,18 @@ def _queue(section: Section, base_dir: Path) -> QueueConfig:
     sqlite = section.string("sqlite_path", "hookshield-queue.db") or "hookshield-queue.db"
     workers, lease_s = section.integer("workers", 16), section.number("lease_s", 60.0)
     return QueueConfig(redis_url, base_dir / sqlite, workers, lease_s)
+
+
+def _limits(section: Section) -> Limits:
+    """Each key a whole number (`_bytes`, counts) or a number > 0 (`_ms`, `_s`)."""
+    values: dict[str, Any] = {}
+    for item in fields(Limits):
+        default = item.default
+        if isinstance(default, int):
+            values[item.name] = section.integer(item.name, default)
+        else:
+            values[item.name] = section.number(item.name, float(default))  # type: ignore[arg-type]
+    return Limits(**values)
 
 
 def _log_level(section: Section) -> str:

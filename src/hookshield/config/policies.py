@@ -60,7 +60,7 @@ def parse_policies(section: Section, base: Policies, secrets: dict[str, Secret])
     return Policies(
         mode=_mode(s, base.mode),
         timeout_ms=s.number("timeout_ms", base.timeout_ms),
-        headers=_headers(s.section("headers", ("add", "remove")))
+        headers=_headers(s.section("headers", ("add", "remove", "allow_underscores")))
         if s.has("headers")
         else base.headers,
         signing=_signing(s.section("signing", ("scheme", "secret", "header")), secrets)
@@ -162,7 +162,11 @@ def _schedule(section: Section) -> tuple[float, ...]:
 
 def _headers(section: Section) -> HeadersConfig:
     add = section.string_map("add")
-    return HeadersConfig(add=tuple(add.items()), remove=section.strings("remove"))
+    return HeadersConfig(
+        add=tuple(add.items()),
+        remove=section.strings("remove"),
+        allow_underscores=section.boolean("allow_underscores", False),
+    )
 
 
 def _signing(section: Section, secrets: dict[str, Secret]) -> SigningConfig | None:

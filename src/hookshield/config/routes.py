@@ -75,6 +75,8 @@ def _target(section: Section) -> Target:
         )
     elif not isinstance(raw, str) or not is_http_url(raw):
         section.fail("target", "must be an absolute http:// or https:// URL")
+    elif URL(raw).raw_user is not None:
+        section.fail("target", "must not hold credentials (user:password@); use headers.add")
     return StaticTarget(
         URL(raw) if isinstance(raw, str) and is_http_url(raw) else URL("http://invalid")
     )
