@@ -136,6 +136,11 @@ class Metrics:
             "hookshield_local_errors", "Calls hookshield could not make for want of its own "
             "resources (file descriptors, buffers), by kind.", ["kind"], registry=r,
         )  # fmt: skip
+        self.stale_retries = Counter(
+            "hookshield_upstream_stale_retries", "Requests sent again on a new connection "
+            "because the pooled one had been closed by the target before answering.",
+            registry=r,
+        )  # fmt: skip
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self._requests = CounterTally(self.requests)
@@ -179,6 +184,10 @@ class Metrics:
     def local_error(self, kind: str) -> None:
         if self.enabled:
             self.local_errors.labels(kind).inc()
+
+    def stale_retry(self) -> None:
+        if self.enabled:
+            self.stale_retries.inc()
 
     def delivery(self, route: str, result: str) -> None:
         if self.enabled:

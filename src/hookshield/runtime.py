@@ -207,7 +207,7 @@ class State:
         self.config = config
         self.metrics = Metrics(enabled=config.metrics_enabled)
         self.stats = Stats()
-        self.upstream = Upstream(config.limits)
+        self.upstream = Upstream(config.limits, self.metrics.stale_retry)
         self.runtime: Runtime | None = None
         self.store: DeliveryStore | None = None
         self.deliverer: Deliverer | None = None

@@ -65,10 +65,9 @@ class UpstreamResponse:
 class Client:
     """Keep-alive pools per origin, all under one address policy (None: any address)."""
 
-    def __init__(
-        self, allow: tuple[Network, ...] | None, budget: IdleBudget, watch: Callable[[], None]
-    ) -> None:
-        self.allow, self.budget, self.watch = allow, budget, watch
+    def __init__(self, allow: tuple[Network, ...] | None, owner: Upstream) -> None:
+        self.allow, self.budget, self.watch = allow, owner.budget, owner.arm
+        self.on_stale = owner.on_stale  # a stale pooled connection was replaced
         self.limits = _answer_limits(Limits())  # set by `Upstream.configure`
         self.pools: dict[str, Pool] = {}
 
@@ -95,8 +94,10 @@ class Upstream:
     budget of idle connections spans them all; a timer, armed while any pool exists,
     closes idle connections past their keep-alive time and drops pools of idle origins."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.budget = IdleBudget(0, 0.0)
+    def __init__(
+        self, limits: Limits | None = None, on_stale: Callable[[], None] = lambda: None
+    ) -> None:
+        self.budget, self.on_stale = IdleBudget(0, 0.0), on_stale
         self._clients: dict[tuple[Network, ...] | None, Client] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.configure(limits or Limits())
@@ -113,11 +114,12 @@ class Upstream:
         """The client for static targets (`allow` None), or for one `allow_networks` set."""
         client = self._clients.get(allow)
         if client is None:
-            client = self._clients[allow] = Client(allow, self.budget, self._arm)
+            client = self._clients[allow] = Client(allow, self)
             client.limits = _answer_limits(self.limits)
         return client
 
-    def _arm(self) -> None:
+    def arm(self) -> None:
+        """Have the sweep look after the pools (a new pool calls this)."""
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._sweep_every_s(), self._sweep)
@@ -132,7 +134,7 @@ class Upstream:
         for client in self._clients.values():
             client.forget_idle(now, self.budget.keepalive_s)
         if any(client.pools for client in self._clients.values()):
-            self._arm()
+            self.arm()
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -187,7 +189,7 @@ async def send(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     try:
-        connection, raw = await _exchange(loop, pool, request, client.limits, method, deadline)
+        connection, raw = await _exchange(loop, client, pool, request, method, deadline)
     except BaseException as exc:
         error = _translated(exc, timeout_s, client.limits)
         if error is exc:
@@ -199,21 +201,21 @@ async def send(
 
 async def _exchange(
     loop: asyncio.AbstractEventLoop,
+    client: Client,
     pool: Pool,
     request: bytes,
-    limits: AnswerLimits,
     method: str,
     deadline: float,
 ) -> tuple[Connection, RawAnswer]:
     """On a pooled connection, or a new one; a pooled connection the target had closed
     before it answered a byte is replaced once, at once (SPEC §9)."""
-    head = method == "HEAD"
+    head, limits = method == "HEAD", client.limits
     connection = pool.take(loop.time())
     if connection is not None:
         try:
             return connection, await connection.exchange(loop, request, limits, head, deadline)
         except StaleConnection:
-            pass
+            client.on_stale()
     async with asyncio.timeout_at(deadline):
         connection = await pool.connect()
     return connection, await connection.exchange(loop, request, limits, head, deadline)
