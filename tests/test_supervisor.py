@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,60 @@ async def test_address_in_use_stops_every_worker_with_exit_2(tmp_path: Path) -> 
         result = await asyncio.to_thread(hookshield, "run", "--config", str(path), "--workers", "2")
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} (data plane)" in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    """The host pids of a process's children (Linux /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def _host_pid(children: list[int], namespace_pid: int) -> int:
+    """Which of `children` has pid `namespace_pid` inside its PID namespace (`NSpid`)."""
+    for child in children:
+        if int(_status(child)["NSpid"].split()[-1]) == namespace_pid:
+            return child
+    raise LookupError(namespace_pid)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+async def test_supervisor_as_pid_1_serves_reaps_and_stops(tmp_path: Path, target: Any) -> None:
+    """`run --workers 2` as PID 1 of a new PID namespace (a container's entry point): no worker
+    takes itself for an orphan, both serve for 10 s, a killed worker is reaped (no zombie) and
+    started again, and SIGTERM stops every worker cleanly."""
+    app: Target = await target()
+    hs = Hookshield(tmp_path, _config(app.url, tmp_path))
+    command = [sys.executable, "-m", "hookshield", "run", "--config", str(hs.config_path),
+               "--workers", "2"]  # fmt: skip
+    with hs.log_path.open("ab") as log:
+        hs.process = await asyncio.create_subprocess_exec(
+            "unshare", "--pid", "--fork", "--mount-proc", *command, stdout=log, stderr=log
+        )
+    STARTED.append(hs)
+    await hs.wait_ready()
+    [supervisor] = _children(hs.process.pid)  # unshare's child: PID 1 inside the namespace
+    assert _status(supervisor)["NSpid"].split()[-1] == "1"
+    await wait_for(lambda: len(_workers(hs)) == 2)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 10.0
+    while loop.time() < until:  # fresh connections spread over both workers by the kernel
+        assert await _fresh_posts(f"{hs.url}/r", 8) == [200] * 8
+        await asyncio.sleep(0.2)
+    assert _events(hs, "worker_exited") == [], hs.log()
+    assert hs.log().count('"event": "started"') == 2
+    killed = _host_pid(_children(supervisor), _workers(hs)[1])
+    os.kill(killed, signal.SIGKILL)
+    await wait_for(lambda: hs.log().count('"event": "started"') == 3, timeout_s=10)
+    states = [_status(child)["State"] for child in _children(supervisor)]
+    assert len(states) == 2, states
+    assert not any(state.startswith("Z") for state in states), states
+    os.kill(supervisor, signal.SIGTERM)
+    assert await asyncio.wait_for(hs.process.wait(), 15) == 0
+    assert hs.log().count('"event": "stopped"') == 2, hs.log()  # the killed one said nothing

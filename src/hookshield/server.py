@@ -30,6 +30,7 @@ from hookshield.proxy import handle
 from hookshield.queue import open_store
 from hookshield.reload import Reloader
 from hookshield.runtime import STATE, State
+from hookshield.supervisor import signal_supervisor
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -76,8 +77,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def _reload_others() -> None:
     """Ask the supervisor to reload the other workers (see `supervisor`)."""
-    if os.getppid() != 1:  # 1: the supervisor is gone (and this worker is stopping)
-        os.kill(os.getppid(), signal.SIGUSR1)
+    signal_supervisor(signal.SIGUSR1)
 
 
 GRACE = web.AppKey("hookshield.grace_s", float)

@@ -84,7 +84,7 @@ class Supervisor:
         self.metrics_dir, self.owns_dir = _metrics_dir()
 
     def _spawn(self, index: int) -> None:
-        env = {**os.environ, METRICS_DIR: str(self.metrics_dir)}
+        env = {**os.environ, METRICS_DIR: str(self.metrics_dir), SUPERVISOR_PID: str(os.getpid())}
         command = [*self.command, "--worker-index", str(index)]
         # Its own process group: a Ctrl-C on the terminal reaches the supervisor only, which
         # passes one SIGTERM on (a second stop signal would cut the worker's drain short).
@@ -123,7 +123,10 @@ class Supervisor:
 
     def _reap(self) -> None:
         """Collect exited workers; schedule the start of one that died on its own, unless it
-        could not start (then all stop)."""
+        could not start (then all stop). As PID 1 (a container's entry point), also reap
+        every orphan the kernel hands over, so no zombie stays behind."""
+        if os.getpid() == 1:
+            _reap_orphans(self.workers)
         for index, process in list(self.workers.items()):
             code = process.poll()
             if code is None:
@@ -152,6 +155,20 @@ class Supervisor:
                 self._spawn(index)
 
 
+def _reap_orphans(workers: dict[int, subprocess.Popen[bytes]]) -> None:
+    """Wait for any exited child; a worker's exit status is kept for `poll()` to report."""
+    by_pid = {process.pid: process for process in workers.values()}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in by_pid:
+            by_pid[pid].returncode = os.waitstatus_to_exitcode(status)
+
+
 def _mark_dead(pid: int, directory: Path) -> None:
     """Drop a dead worker's live gauges from the shared metrics (its counters stay summed)."""
     from prometheus_client import multiprocess
@@ -167,11 +184,24 @@ def die_with_supervisor() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    if not supervisor_alive():  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def supervisor_alive() -> bool:
+    """In a worker: its parent is still the supervisor that started it (which may be PID 1,
+    as a container's entry point; an orphan's parent is some other process)."""
+    return str(os.getppid()) == os.environ.get(SUPERVISOR_PID)
+
+
+def signal_supervisor(signum: int) -> None:
+    """In a worker: send the supervisor `signum`, unless it is gone."""
+    if supervisor_alive():
+        os.kill(os.getppid(), signum)
+
+
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_PID = "HOOKSHIELD_SUPERVISOR_PID"  # set for each worker: who its parent must be
 
 
 def supervise(config_path: str, grace_s: float, workers: int) -> int:
