@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import time
 
 from hookshield.pressure import Pressure
@@ -68,3 +70,42 @@ async def test_quiet_until_a_call_and_stopped_until_started() -> None:
     calls[0] += 1
     assert not pressure.quiet
     await wait_for(lambda: not pressure.running)  # the first sample's callback stopped it
+
+
+async def test_sampling_survives_running_out_of_file_descriptors() -> None:
+    """A sample that cannot open /proc (EMFILE under a lowered descriptor limit) is skipped,
+    and sampling goes on once descriptors are back (it used to stop for good)."""
+    samples: list[bool] = []
+    pressure = Pressure(lambda: 0, samples.append, every_s=0.02)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pressure.start()
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_open_descriptors(), hard))
+        holes = _fill_descriptors()
+        try:
+            await asyncio.sleep(0.1)  # several samples find no descriptor free
+            skipped = len(samples)
+        finally:
+            for fd in holes:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await wait_for(lambda: len(samples) > skipped + 2)
+        assert pressure.running
+    finally:
+        pressure.stop()
+    assert pressure.running is False
+
+
+def _fill_descriptors() -> list[int]:
+    """Open /dev/null until no descriptor is left under the soft limit; the ones opened."""
+    opened: list[int] = []
+    while True:
+        try:
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            return opened
+
+
+def _open_descriptors() -> int:
+    """The highest descriptor this process has open, plus one: a soft limit at it leaves none free."""
+    return max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1

@@ -81,7 +81,12 @@ class Pressure:
             self._timer = None
 
     def _sample(self) -> None:
-        now, runnable, calls = time.monotonic(), runnable_s(), self.calls()
+        self._timer = None
+        try:
+            now, runnable, calls = time.monotonic(), runnable_s(), self.calls()
+        except OSError:  # out of file descriptors, say: no sample this time, the next one will be
+            self._timer = asyncio.get_running_loop().call_later(self.every_s, self._sample)
+            return
         share = (runnable - self._last[1]) / max(now - self._last[0], 1e-6)
         self.busy = share >= self.busy_share and calls > self._calls[0]
         self._last = (now, runnable)
