@@ -15,7 +15,7 @@ from collections.abc import Callable
 from hookshield import logs
 from hookshield.breaker import Breaker
 from hookshield.config.models import HealthCheckConfig
-from hookshield.errors import ProxyError
+from hookshield.errors import LocalResourceError, ProxyError
 from hookshield.upstream import Client, send
 
 
@@ -37,10 +37,14 @@ class HealthCheck:
         self.failures = 0
         self.successes = 0
 
-    async def probe(self) -> bool:
+    async def probe(self) -> bool | None:
+        """Whether the target answered 2xx; None when hookshield itself could not probe
+        (out of descriptors, say), which says nothing of the target."""
         timeout_s = self.config.timeout_ms / 1000.0
         try:
             answer = await send(self.client, "GET", self.url, self.origin, [], b"", timeout_s)
+        except LocalResourceError:
+            return None
         except ProxyError:
             return False
         return 200 <= answer.status < 300
@@ -69,5 +73,7 @@ class HealthCheck:
     async def run(self) -> None:
         """Probe every `interval_s` until cancelled."""
         while True:
-            self.observe(await self.probe())
+            ok = await self.probe()
+            if ok is not None:
+                self.observe(ok)
             await asyncio.sleep(self.config.interval_s)

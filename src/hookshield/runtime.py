@@ -33,6 +33,7 @@ from hookshield.routing import Router
 from hookshield.signing import Signer, build_signer
 from hookshield.stats import Stats
 from hookshield.targets import Resolver, StaticResolver, resolver_for
+from hookshield.tasks import service
 from hookshield.upstream import Client, Upstream
 
 if TYPE_CHECKING:
@@ -171,7 +172,10 @@ class Runtime:
 
     def start(self) -> None:
         """Start this runtime's background tasks (health checks)."""
-        self._tasks = [asyncio.create_task(check.run()) for check in self.health_checks]
+        self._tasks = [
+            service(f"health_check {check.route} {check.origin}", check.run)
+            for check in self.health_checks
+        ]
 
     async def stop(self, deadline_s: float = 5.0) -> None:
         tasks, self._tasks = self._tasks, []
