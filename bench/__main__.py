@@ -19,6 +19,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bench import memory
 from bench.load import Result, run, run_open
 from bench.peers import nginx, run_wrk, wrk_script
 from bench.procs import cpu_seconds, machine_cores_s, pin_self
-from bench.stack import Stack, stack, use_compiled_build
+from bench.stack import Proxy, Stack, stack, use_compiled_build
 
 BASELINE = Path(__file__).with_name("baseline.json")
 Rows = dict[str, list[Result]]
@@ -275,6 +276,23 @@ def check(ratios: dict[str, float], args: argparse.Namespace) -> bool:
     return ok
 
 
+def report_stale(proxy: Proxy) -> None:
+    """How often a pooled target connection had been closed by the target when reused
+    (each such request was sent again on a new connection, SPEC §9)."""
+    url = f"http://127.0.0.1:{proxy.admin}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    stale = _metric_sum(text, "hookshield_upstream_stale_retries_total")
+    calls = _metric_sum(text, "hookshield_upstream_requests_total")
+    share = f" ({stale / calls:.4%})" if calls else ""
+    print(f"stale pooled connections, row hookshield: {stale:,.0f} of {calls:,.0f} attempts{share}")
+
+
+def _metric_sum(exposition: str, name: str) -> float:
+    lines = exposition.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+
 def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     add = parser.add_argument
@@ -309,6 +327,7 @@ def main() -> int:
             pin_self(1)  # the load generator shares core 1 with the target; hookshield has core 0
             closed_rows = closed(st, nginx_url, Path(tmp), args)
             open_rows = open_loop(st, nginx_url, args)
+            report_stale(st.proxies["hookshield"])
             hs = st.proxies["hookshield"]
             soaked = uvloop.run(
                 memory.soak(hs.url("/hook"), hs.process.pid, args.soak_seconds, args.rate)
