@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         self.head, self.complete = head, False
         self.received = 0  # bytes of this answer so far
         self.headers_done, self.in_head, self.size = False, 0, 0
+        self.head_size = len(_STATUS_LINE)  # status line and header lines, as counted
         self.headers: Headers = []
         self.chunks: list[bytes] = []
         self.error: Exception | None = None  # raised by a callback, re-raised wrapped by llhttp
@@ -146,15 +147,26 @@ class Connection(asyncio.Protocol):
             self.complete = False
             self.close()
 
+    def on_status(self, reason: bytes) -> None:
+        self.head_size += len(reason)  # llhttp may hand the reason over in pieces
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
             return  # a trailer field: dropped (SPEC §9)
         self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
         if len(self.headers) > self.limits.header_lines:
             self._raise(AnswerBroken(f"the target sent over {self.limits.header_lines} headers"))
+        if self.head_size > self.limits.header_bytes:
+            self._raise(AnswerBroken(_HEADERS_TOO_LARGE % self.limits.header_bytes))
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() // 100 == 1:
+        status = self.parser.get_status_code()
+        if self.head_size > self.limits.header_bytes:  # a long status line, no headers
+            self._raise(AnswerBroken(_HEADERS_TOO_LARGE % self.limits.header_bytes))
+        if not 100 <= status <= 599 or self.parser.get_http_version() not in _VERSIONS:
+            self._raise(AnswerBroken("the target's status line is not HTTP/1.x with a status"))
+        if status // 100 == 1:
             return  # an interim answer: its headers are dropped at its end
         self.headers_done = True
         length = _content_length(self.headers)
@@ -171,7 +183,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.parser.get_status_code() // 100 == 1:  # 100 Continue, 103 Early Hints, ...
-            self.headers, self.in_head = [], 0
+            self.headers, self.in_head, self.head_size = [], 0, len(_STATUS_LINE)
             return
         self._finish(reusable=self.parser.should_keep_alive())
 
@@ -234,6 +246,8 @@ class Connection(asyncio.Protocol):
 
 
 _HEADERS_TOO_LARGE = "the target's answer headers are larger than %d bytes"
+_STATUS_LINE = b"HTTP/1.1 200 \r\n"  # a status line without its reason phrase
+_VERSIONS = frozenset({"1.0", "1.1"})
 
 
 def _content_length(headers: Headers) -> int | None:
