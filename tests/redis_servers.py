@@ -1,13 +1,16 @@
-"""Real `redis-server` processes on free ports, for tests that kill and restart them."""
+"""Real `redis-server` processes on free ports, for tests that kill, pause and restart them."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -78,6 +81,18 @@ class RedisServer:
 
     def stop(self) -> None:
         self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections and buffers bytes; nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
 
 
 class RedisCluster:
@@ -165,3 +180,122 @@ class RedisSentinel:
             self.process.kill()
             self.process.wait()
         self.master.stop()
+
+
+class SentinelSet:
+    """A master, one replica and three sentinels (quorum 2) watching them as `mymaster`: the
+    topology `SENTINEL FAILOVER` and a killed master are tried on. Both Redis servers run
+    with `appendonly yes` (and `extra`, e.g. `--appendfsync always`); a master is deemed down
+    after `down_after_ms`."""
+
+    NAME = "mymaster"
+
+    def __init__(self, workdir: Path, *extra: str, down_after_ms: int = 1000) -> None:
+        durable = ("--appendonly", "yes", *extra)
+        self.master = RedisServer(workdir, *durable)
+        replica_of = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica = RedisServer(workdir, *durable, *replica_of)
+        self.ports = [free_cluster_port() for _ in range(3)]
+        self.workdir, self.down_after_ms = workdir, down_after_ms
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, self.replica]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+sentinel://{hosts}/{self.NAME}"
+
+    def start(self, timeout_s: float = 30.0) -> SentinelSet:
+        self.master.start()
+        self.replica.start()
+        for port in self.ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.NAME} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.NAME} 10000\n"
+            )
+            log = self.workdir / f"sentinel-{port}.log"
+            command = ["redis-server", str(conf), "--sentinel", "--logfile", str(log)]
+            quiet = subprocess.DEVNULL
+            self.processes.append(subprocess.Popen(command, stdout=quiet, stderr=quiet))
+        self.wait_ready(timeout_s)
+        return self
+
+    def sentinel(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.ports[index], socket_timeout=5, decode_responses=True)
+
+    def master_state(self, index: int = 0) -> dict[str, Any]:
+        with self.sentinel(index) as client:
+            state: dict[str, Any] = client.sentinel_master(self.NAME)
+            return state
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until every sentinel knows the master, the replica in sync, and the other two
+        sentinels (else a failover cannot be agreed or has no replica to promote)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                states = [self.master_state(i) for i in range(len(self.ports))]
+                with self.replica.client() as replica:
+                    link = replica.info("replication").get("master_link_status")
+                if link == "up" and all(
+                    s["num-slaves"] >= 1 and s["num-other-sentinels"] >= 2 for s in states
+                ):
+                    with self.sentinel() as client:
+                        [replica_state] = client.sentinel_slaves(self.NAME)
+                    if (
+                        not replica_state["is_sdown"]
+                        and replica_state.get("master-link-status") == "ok"
+                    ):
+                        return
+            except (redis.exceptions.RedisError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sentinels did not come to know the master and replica")
+            time.sleep(0.1)
+
+    def master_address(self) -> tuple[str, int]:
+        with self.sentinel() as client:
+            host, port = client.sentinel_get_master_addr_by_name(self.NAME)
+        return str(host), int(port)
+
+    def current_master(self) -> RedisServer:
+        _, port = self.master_address()
+        return next(server for server in self.servers if server.port == port)
+
+    def failover(self) -> None:
+        """`SENTINEL FAILOVER`: a planned failover, the old master still running."""
+        with self.sentinel() as client:
+            client.execute_command("SENTINEL", "FAILOVER", self.NAME)
+
+    def wait_switched(self, old: tuple[str, int], timeout_s: float = 30.0) -> tuple[str, int]:
+        """Until every sentinel names a master other than `old`; answers it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                named = {self._named(i) for i in range(len(self.ports))}
+                if len(named) == 1 and old not in named:
+                    return named.pop()
+            except redis.exceptions.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the sentinels still name {old} (or disagree)")
+            time.sleep(0.05)
+
+    def _named(self, index: int) -> tuple[str, int]:
+        with self.sentinel(index) as client:
+            host, port = client.sentinel_get_master_addr_by_name(self.NAME)
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes.clear()
+        for server in self.servers:
+            server.kill()

@@ -1,9 +1,11 @@
-"""At-least-once under crashes: kill -9 of hookshield or Redis loses no acknowledged call."""
+"""At-least-once under crashes and stalls: kill -9 of hookshield or Redis loses no
+acknowledged call; a paused Redis holds no caller past one timeout, nor a lease past its call."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from hookshield.queue.base import StoreUnavailable
 from tests.conftest import Target, wait_for
 from tests.processes import Hookshield
 from tests.redis_servers import RedisServer
+from tests.test_queue_contract import delivery
 
 BURST = 1000
 
@@ -184,3 +188,72 @@ async def test_sigterm_releases_unfinished_deliveries_at_once(tmp_path: Path, ta
     await hs.start()
     await wait_for(lambda: len(arrivals) == 2, timeout_s=5)
     await hs.stop()
+
+
+@pytest.fixture
+def redis_plain(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.resume()  # in case a test failed while it was paused
+    server.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_paused_redis_fails_each_write_within_one_timeout(
+    redis_plain: RedisServer,
+) -> None:
+    """SIGSTOPped Redis: each write fails within one pipe timeout of its own call, then recovers."""
+    # Also the writes queued behind the stalled batch (they are not given 2 s more). Bound:
+    # 2 s + 0.6 s of slack for a loaded machine, well under the 4 s two timeouts took.
+    from hookshield.queue.redis import TIMEOUT_S, RedisStore
+
+    store = RedisStore(redis_plain.url)
+    loop = asyncio.get_running_loop()
+    waits: list[float] = []
+
+    async def timed_enqueue() -> None:
+        called = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await store.enqueue(delivery(), None, time.time())
+        waits.append(loop.time() - called)
+
+    try:
+        await store.ping()
+        assert await store.enqueue(delivery(), None, time.time())
+        redis_plain.pause()
+        first = asyncio.ensure_future(timed_enqueue())
+        await asyncio.sleep(1.0)  # the first batch is stalled; these wait behind it
+        await asyncio.gather(first, *(timed_enqueue() for _ in range(20)))
+        assert len(waits) == 21
+        assert max(waits) < TIMEOUT_S + 0.6, waits
+        redis_plain.resume()
+        async with asyncio.timeout(TIMEOUT_S + 1):
+            found, _ = await store.enqueue(d := delivery(), None, time.time())
+        assert found == d.id
+    finally:
+        redis_plain.resume()
+        await store.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_lease_sent_to_a_paused_redis_does_not_hold_its_deliveries(
+    redis_plain: RedisServer,
+) -> None:
+    """A lease timed out on a SIGSTOPped Redis is not applied after SIGCONT: leasable at once."""
+    # The pipe resets the connection (RST), so the kernel drops the command Redis had not
+    # read; without that the deliveries would sit leased for a lease after SIGCONT.
+    from hookshield.queue.redis import RedisStore
+
+    store = RedisStore(redis_plain.url)
+    try:
+        now = time.time()
+        for _ in range(5):
+            await store.enqueue(delivery(), None, now)
+        redis_plain.pause()
+        with pytest.raises(StoreUnavailable):
+            await store.lease(time.time(), 10, 30)
+        redis_plain.resume()
+        assert len(await store.lease(time.time(), 10, 30)) == 5
+    finally:
+        redis_plain.resume()
+        await store.close()

@@ -200,6 +200,57 @@ async def test_stale_holder_cannot_bury_or_reschedule(store: DeliveryStore) -> N
     assert await store.complete(new)
 
 
+async def test_renew_extends_the_holders_lease(store: DeliveryStore) -> None:
+    """A renewed lease runs on from the renewal: not leased again before its new deadline."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [held] = await store.lease(now, 10, 1)
+    assert await store.renew(held, 30)
+    assert await store.lease(now + 5, 10, 30) == []  # past the first deadline: still held
+    [again] = await store.lease(time.time() + 31, 10, 30)
+    assert again.id == held.id
+
+
+async def test_only_the_lease_holder_renews(store: DeliveryStore) -> None:
+    """Only the holder renews: not a holder whose lease was taken, nor of a done or dead one."""
+    now = time.time()
+    first, second = delivery(), delivery()
+    await store.enqueue(first, None, now)
+    [old] = await store.lease(now, 10, 1)
+    [new] = await store.lease(now + 2, 10, 5)
+    assert not await store.renew(old, 300)
+    assert await store.lease(now + 6, 10, 30) == []  # the new holder's deadline stood
+    assert await store.lease(now + 8, 10, 30) != []
+    assert not await store.renew(first, 30)  # no token: not a holder
+    await store.enqueue(second, None, now)
+    [leased] = await store.lease(now, 10, 30)
+    assert await store.bury(leased.after(reason="x", failed_at=now))
+    assert not await store.renew(leased, 30)
+    assert not await store.renew(new, 30)  # its lease was taken at now + 8
+
+
+async def test_an_expired_lease_nobody_took_is_renewed(store: DeliveryStore) -> None:
+    """A lapsed lease nobody took yet is renewed by its holder, whose result still counts."""
+    now = time.time()
+    await store.enqueue(delivery(), None, now)
+    [held] = await store.lease(now, 10, -1)  # lapsed at once
+    assert await store.renew(held, 30)
+    assert await store.lease(time.time(), 10, 30) == []
+    assert await store.complete(held)
+
+
+async def test_one_renewal_pass_renews_every_lease_in_flight(store: DeliveryStore) -> None:
+    """200 renewals at once (one deliverer pass, group-committed): each answered and applied."""
+    now = time.time()
+    for _ in range(200):
+        await store.enqueue(delivery(), None, now)
+    held = await store.lease(now, 200, 1)
+    assert len(held) == 200
+    assert await asyncio.gather(*(store.renew(d, 30) for d in held)) == [True] * 200
+    assert await store.lease(now + 5, 200, 30) == []
+    assert await asyncio.gather(*(store.complete(d) for d in held)) == [True] * 200
+
+
 async def test_concurrent_enqueues_each_get_their_own_answer(store: DeliveryStore) -> None:
     """300 enqueues at once (group-committed): each is stored once; per dedupe key the first wins."""
     now = time.time()

@@ -46,7 +46,7 @@ async def _sizes(state: State) -> dict[str, tuple[int, int]] | None:
     try:
         async with asyncio.timeout(READY_PING_TIMEOUT_S):
             sizes = await state.store.sizes()
-    except (StoreUnavailable, TimeoutError):
+    except Exception:  # unavailable, too slow, or failing otherwise: no sizes, never a 500
         return None
     state.metrics.sizes(sizes, [route.name for route in state.config.routes])
     return sizes
@@ -68,16 +68,21 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: a config is in force and the queue store answers."""
+    """Readiness: a config is in force and the queue store answers (SQLite: commits a write);
+    else 503 with the reason in `error`."""
     state = request.app[STATE]
     if state.runtime is None or state.store is None:
         return web.json_response({"status": "starting"}, status=503)
     try:
         async with asyncio.timeout(READY_PING_TIMEOUT_S):
             await state.store.ping()
-    except (StoreUnavailable, TimeoutError) as exc:
-        return web.json_response({"status": "queue_unavailable", "error": str(exc)}, status=503)
-    return web.json_response({"status": "ready", "config_generation": state.runtime.generation})
+    except TimeoutError:
+        error = f"the queue store did not answer within {READY_PING_TIMEOUT_S:g} s"
+    except Exception as exc:  # StoreUnavailable from a guarded store; anything, from another
+        error = str(exc) or repr(exc)
+    else:
+        return web.json_response({"status": "ready", "config_generation": state.runtime.generation})
+    return web.json_response({"status": "queue_unavailable", "error": error}, status=503)
 
 
 def _summary(delivery: Delivery) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from hookshield import __version__, logs
 from hookshield.config import Config, ConfigError, load_config
+from hookshield.queue import check_store
 
 EXIT_INVALID = 2
 
@@ -104,8 +105,14 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> Config | None:
+    """The valid config at `path`, its store usable (`check_store`); else None, every
+    problem printed with its YAML path."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        problems = check_store(config.queue, os.environ)
+        if problems:
+            raise ConfigError(problems)
+        return config
     except ConfigError as exc:
         print(f"hookshield: invalid config {path}:", file=sys.stderr)
         for problem in exc.problems:

@@ -12,6 +12,16 @@ calls arrive, the number of deliveries at once is halved every 50 ms down to one
 has not been for 150 ms, it grows back by one eighth of `workers` every 50 ms. A burst of
 calls is accepted at full speed, and the backlog it leaves is delivered after.
 
+Leases are short (`queue.lease_s`, default 10 s) and renewed while their attempts run:
+one pass every `lease_s / 3` renews the lease of every delivery in flight (one group commit,
+whatever their number), so an attempt may last longer than a lease, and a replica that dies
+leaves its deliveries due again at most `lease_s` after its last renewal. A renewal that
+fails is tried again at the next pass (two may fail before a lease lapses). At-least-once:
+a lease that lapsed while its attempt ran (renewals failing) may be taken by another worker
+and the delivery sent twice, but only one result counts: the store writes a result only
+for the lease holder, and a result the store refused (`lease_lost`) is neither logged as
+delivered nor counted.
+
 An idle deliverer costs little: the pressure samples stop while no delivery runs and no
 call arrives, and an empty queue is looked at ever less often (50 ms, doubled per empty
 look up to 1 s). A local enqueue or replay wakes it at once, and a retry it scheduled
@@ -27,7 +37,7 @@ import logging
 import time
 from functools import partial
 
-from hookshield import logs, outcomes
+from hookshield import logs, outcomes, tasks
 from hookshield.attempt import attempt
 from hookshield.errors import LocalResourceError, ProxyError
 from hookshield.limits import OriginSlots
@@ -37,7 +47,8 @@ from hookshield.retry import backoff_s, retry_after_s
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
-LEASE_MARGIN_S = 2.0  # a lease outlasts the longest per-attempt timeout by at least this
+LEASE_S = 10.0  # `queue.lease_s`: how long a lease lasts between two renewals
+RENEWALS_PER_LEASE = 3  # renewal passes per lease_s: two may fail before a lease lapses
 CAP_WAIT_S = 0.05  # a delivery whose target is at its cap waits this long for a free slot,
 CAP_DEFER_S = 0.2  # then goes back to the store and is tried again this much later
 LOCAL_DEFER_S = 1.0  # a delivery hookshield could not send for want of descriptors or buffers
@@ -54,7 +65,7 @@ class Deliverer:
         store: DeliveryStore,
         state: State,
         workers: int,
-        lease_s: float = 60.0,
+        lease_s: float = LEASE_S,
         per_target: int | None = None,
         poll_s: float = 0.05,
     ) -> None:
@@ -70,12 +81,14 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.limit = workers  # deliveries at once now: `workers`, fewer under pressure
         self._calm = 0  # samples in a row without pressure
         self.pressure = Pressure(state.data_calls, self._adjust)
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run())
+        self._loop_task = tasks.service("delivery-loop", self._run)
+        self._renewer = tasks.service("delivery-lease-renewals", self._renew_leases)
 
     def wake(self) -> None:
         """Look for due deliveries now (called after a local enqueue)."""
@@ -101,6 +114,9 @@ class Deliverer:
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         if unfinished:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(list(unfinished.values()), time.time())
@@ -111,7 +127,7 @@ class Deliverer:
             self._watch_pressure()
             leased = await self._lease()
             for delivery in leased:
-                task = asyncio.create_task(self._deliver(delivery))
+                task = tasks.spawn("delivery", self._deliver(delivery))
                 self._active[task] = delivery
                 task.add_done_callback(self._done)
             if leased:
@@ -160,16 +176,38 @@ class Deliverer:
             return []  # a busy queue is leased in batches, not one delivery per lease
         if self._due_at <= time.time():
             self._due_at = float("inf")  # due now: this lease takes it (or another process did)
-        longest = max((p.timeout_s for p in runtime.plans), default=10.0)
-        lease_s = max(self.lease_s, longest + LEASE_MARGIN_S)
         try:
-            return await self.store.lease(time.time(), free, lease_s)
+            return await self.store.lease(time.time(), free, self.lease_s)
         except StoreUnavailable as exc:
             logs.event("queue_unavailable", logging.WARNING, error=str(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()  # a stop wakes it early
             return []
+
+    async def _renew_leases(self) -> None:
+        """Every `lease_s / RENEWALS_PER_LEASE`: one renewal of every lease in flight (the
+        store's group commit sends them together). A lease found lost is logged; its
+        attempt runs on, and its result will be refused by the store."""
+        loop = asyncio.get_running_loop()
+        next_pass = loop.time()
+        while True:  # a pass that took longer than the pace is followed by the next at once
+            next_pass = max(next_pass + self.lease_s / RENEWALS_PER_LEASE, loop.time())
+            await asyncio.sleep(next_pass - loop.time())
+            in_flight = [(task, d) for task, d in self._active.items() if not task.done()]
+            if not in_flight:
+                continue
+            answers = await asyncio.gather(
+                *(self.store.renew(delivery, self.lease_s) for _, delivery in in_flight),
+                return_exceptions=True,
+            )
+            failed = [answer for answer in answers if isinstance(answer, BaseException)]
+            if failed:
+                logs.event("lease_renewal_failed", logging.WARNING, deliveries=len(failed),
+                           error=str(failed[0]))  # fmt: skip
+            for (task, delivery), answer in zip(in_flight, answers, strict=True):
+                if answer is False and not task.done():
+                    _lease_lost(delivery, "renew")
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
@@ -195,12 +233,15 @@ class Deliverer:
 
     async def _defer(self, delivery: Delivery, pause_s: float) -> None:
         """Later again, without using up an attempt."""
-        await self._reschedule(delivery, time.time() + pause_s)
-        self.state.metrics.delivery(delivery.route, "deferred")
+        if await self._reschedule(delivery, time.time() + pause_s):
+            self.state.metrics.delivery(delivery.route, "deferred")
 
-    async def _reschedule(self, delivery: Delivery, due_at: float) -> None:
-        await self.store.reschedule(delivery, due_at)
+    async def _reschedule(self, delivery: Delivery, due_at: float) -> bool:
+        if not await self.store.reschedule(delivery, due_at):
+            _lease_lost(delivery, "reschedule")
+            return False
         self._due_at = min(self._due_at, due_at)
+        return True
 
     async def _send(self, plan: RoutePlan, delivery: Delivery) -> None:
         breaker = plan.breakers.get(delivery.origin)
@@ -234,7 +275,9 @@ class Deliverer:
         self, plan: RoutePlan, delivery: Delivery, kind: outcomes.Kind | None, wait_s: float | None
     ) -> None:
         if kind is outcomes.Kind.SUCCESS:
-            await self.store.complete(delivery)
+            if not await self.store.complete(delivery):
+                _lease_lost(delivery, "complete")  # another worker holds it: its result counts
+                return
             self.state.metrics.delivery(delivery.route, "success")
             logs.requests.delivered(
                 delivery.route, delivery.id, delivery.attempts, delivery.request_id
@@ -245,14 +288,23 @@ class Deliverer:
             await self._bury(delivery, "exhausted")
         else:
             pause = backoff_s(plan.config.retry, delivery.attempts, wait_s)
-            await self._reschedule(delivery, time.time() + pause)
-            self.state.metrics.delivery(delivery.route, "retry")
+            if await self._reschedule(delivery, time.time() + pause):
+                self.state.metrics.delivery(delivery.route, "retry")
 
     async def _bury(self, delivery: Delivery, reason: str) -> None:
-        await self.store.bury(delivery.after(reason=reason, failed_at=time.time()))
+        if not await self.store.bury(delivery.after(reason=reason, failed_at=time.time())):
+            _lease_lost(delivery, "bury")
+            return
         self.state.metrics.delivery(delivery.route, "dead_letter")
         logs.event("dead_lettered", logging.WARNING, route=delivery.route, delivery_id=delivery.id, reason=reason,
                    attempts=delivery.attempts, last_status=delivery.last_status, request_id=delivery.request_id)  # fmt: skip
+
+
+def _lease_lost(delivery: Delivery, step: str) -> None:
+    """The store refused `step` for `delivery`: its lease lapsed and another worker took it
+    (which will deliver it and write the result), or it is gone (deleted, replayed)."""
+    logs.event("lease_lost", logging.WARNING, route=delivery.route, delivery_id=delivery.id,
+               request_id=delivery.request_id, step=step)  # fmt: skip
 
 
 _ATTEMPT_HEADERS = frozenset({"x-retry-attempt", "x-max-attempts"})

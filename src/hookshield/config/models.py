@@ -43,7 +43,7 @@ class QueueConfig:
     redis_url: str | None
     sqlite_path: Path
     workers: int
-    lease_s: float = 60.0  # at least the longest route timeout + 2 s is used
+    lease_s: float = 10.0  # how long a lease lasts between renewals (SPEC §12)
 
 
 @dataclass(frozen=True)

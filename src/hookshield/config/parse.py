@@ -167,7 +167,7 @@ def _queue(section: Section, base_dir: Path) -> QueueConfig:
             "redis_url", "must start with redis://, rediss://, redis+sentinel:// or unix://"
         )
     sqlite = section.string("sqlite_path", "hookshield-queue.db") or "hookshield-queue.db"
-    workers, lease_s = section.integer("workers", 16), section.number("lease_s", 60.0)
+    workers, lease_s = section.integer("workers", 16), section.number("lease_s", 10.0)
     return QueueConfig(redis_url, base_dir / sqlite, workers, lease_s)
 
 

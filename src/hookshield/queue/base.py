@@ -4,8 +4,10 @@ A `Delivery` is one platform call to be sent to a target, perhaps many times. Th
 keeps every delivery in one of three places: due (waiting for its time), leased (a worker
 is sending it until the lease deadline; an expired lease makes it due again, so a crashed
 replica's work is taken over), or dead (the dead-letter queue). Every change is one atomic
-step in the store. Results are written only by the lease holder: a stale worker whose
-lease expired and was taken by another changes nothing.
+step in the store. Leases are short and renewed while their attempt runs (`renew`), so a
+crashed replica's deliveries are due again a lease after its last renewal. Results (and
+renewals) are written only by the lease holder: a stale worker whose lease expired and was
+taken by another changes nothing.
 
 Times are wall-clock seconds (`time.time()`), shared by every replica.
 """
@@ -77,6 +79,13 @@ class DeliveryStore(Protocol):
 
     async def lease(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         """Up to `limit` due deliveries (expired leases included), leased until now + lease_s."""
+        ...
+
+    async def renew(self, delivery: Delivery, lease_s: float) -> bool:
+        """`delivery`'s lease runs on until now + lease_s (a heartbeat while its attempt
+        runs). Only the holder renews: False when the lease was lost (it expired and was
+        taken by another worker, or the delivery is gone); a lease that expired but was not
+        taken yet is still the holder's and is renewed."""
         ...
 
     async def complete(self, delivery: Delivery) -> bool:

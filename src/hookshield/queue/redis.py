@@ -10,15 +10,27 @@ shard). Keys:
 - `{hookshield}:depth`: HASH route -> due + leased count
 - `{hookshield}:idem:<route>:<key>`: the first delivery id for a dedupe key, expiring in 24 h
 
-Enqueues, leases and the outcomes of deliveries (complete, reschedule, bury) are
-group-committed (`batch`): those made concurrently go to Redis as one pipeline of script
-calls, and each caller gets its own script's reply.
+Every write (enqueues, leases, renewals, the outcomes of deliveries, releases, replays,
+deletes) is group-committed (`batch`): those made concurrently go to Redis as one pipeline
+of script calls, and each caller gets its own script's reply, within `TIMEOUT_S` of its
+call (once: not once per batch ahead of it). Reads go through redis-py.
+
+Under Sentinel every write goes to the master only (`sentinel.SentinelWatch`): writes are
+held from the first sign of a failover until `+switch-master`; each new connection checks
+`ROLE` before writing; `ROLE` follows every batch, and a batch after which a replica is gone
+is acknowledged only if every sentinel confirms the master and no failover; a batch whose
+master changed (or stopped) while it was in flight is not acknowledged (its outcome is
+unknown: `StoreUnavailable`); a write refused as `READONLY` (or not sent at all) is sent
+again to the new master, within `HOLD_S` of its call and its caller's own deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -29,24 +41,29 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from hookshield import logs
+from hookshield import logs, tasks
 from hookshield.queue import resp
 from hookshield.queue.base import DEDUPE_TTL_S, Delivery, StoreUnavailable
 from hookshield.queue.batch import Batcher, Write
-from hookshield.queue.pipe import Pipe
-from hookshield.queue.scripts import SCRIPTS
+from hookshield.queue.pipe import NotMaster, NotSent, Pipe
+from hookshield.queue.scripts import SCRIPTS, SHAS
+from hookshield.queue.sentinel import Address, SentinelWatch
 
 P = "{hookshield}"
 Q, DEPTH, DEAD = f"{P}:q", f"{P}:depth", f"{P}:dead"
 # Any error Redis or the connection gives means the write is not acknowledged: a lost
 # connection, a timeout, a Cluster error, or a refusal such as OOM or READONLY.
 _ERRORS = (redis_errors.RedisError, OSError)
+CONNECT_S = 1.0
+TIMEOUT_S = 2.0  # a write is answered (or fails) within this of its call
+HOLD_S = 10.0  # a write held during a Sentinel failover waits at most this (plus TIMEOUT_S)
+MAX_TRIES = 10  # sends of one batch under Sentinel (READONLY, NOSCRIPT, not sent: again)
 _OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 1.0,
-    "socket_timeout": 2.0,
+    "socket_connect_timeout": CONNECT_S,
+    "socket_timeout": TIMEOUT_S,
     "retry": Retry(NoBackoff(), 1),
 }
-_PIPE_TIMEOUTS = {"connect_s": 1.0, "timeout_s": 2.0}  # as socket_connect_timeout, socket_timeout
+_ROLE = resp.pack("ROLE")
 
 
 def _d(delivery_id: str) -> str:
@@ -57,10 +74,17 @@ def _dead(route: str) -> str:
     return f"{DEAD}:{route}"
 
 
-def connect(url: str) -> tuple[Redis | RedisCluster, Sentinel | None]:
-    """A client for `url` (and the Sentinel behind it, to close with it);
-    `redis+sentinel://h1:p1,h2:p2/service[/db]` asks Sentinel for the master."""
-    if url.startswith("redis+sentinel://"):
+@dataclass(frozen=True)
+class SentinelUrl:
+    """`redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`"""
+
+    sentinels: list[Address]
+    service: str
+    db: int
+    password: str | None
+
+    @staticmethod
+    def parse(url: str) -> SentinelUrl:
         parts = urlsplit(url)
         hosts = [
             (h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]))
@@ -68,8 +92,18 @@ def connect(url: str) -> tuple[Redis | RedisCluster, Sentinel | None]:
         ]
         service, _, db = parts.path.strip("/").partition("/")
         password = unquote(parts.password) if parts.password else None
-        sentinel = Sentinel(hosts, password=password, **_OPTIONS)  # type: ignore[no-untyped-call]
-        master: Redis = sentinel.master_for(service, db=int(db or 0), password=password, **_OPTIONS)
+        return SentinelUrl(hosts, service, int(db or 0), password)
+
+
+def connect(url: str) -> tuple[Redis | RedisCluster, Sentinel | None]:
+    """A client for `url` (and the Sentinel behind it, to close with it);
+    `redis+sentinel://h1:p1,h2:p2/service[/db]` asks Sentinel for the master."""
+    if url.startswith("redis+sentinel://"):
+        found = SentinelUrl.parse(url)
+        sentinel = Sentinel(found.sentinels, password=found.password, **_OPTIONS)  # type: ignore[no-untyped-call]
+        master: Redis = sentinel.master_for(
+            found.service, db=found.db, password=found.password, **_OPTIONS
+        )
         return master, sentinel
     return Redis.from_url(url, **_OPTIONS), None
 
@@ -78,24 +112,47 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._client, self._sentinel = connect(url)
-        self._shas: dict[str, str] = {}
+        self._shas: dict[str, str] = {}  # scripts loaded through redis-py (TLS, Cluster)
         self._checked = False
-        self._batch = Batcher(self._write_batch)
-        self._pipe: Pipe | None = None  # the group commit's own connection (standalone Redis)
+        self._preparing = asyncio.Lock()
+        self._pipe: Pipe | None = None  # the group commit's own connection (standalone, Sentinel)
+        self._watch: SentinelWatch | None = None
+        self._replicas: tuple[Address | None, frozenset[Address]] | None = None
+        if self._sentinel is not None:
+            found = SentinelUrl.parse(url)
+            # Sentinels are asked without the password, as redis-py's `Sentinel` does
+            # (its `sentinel_kwargs` take only the `socket_*` options).
+            self._watch = SentinelWatch(found.sentinels, found.service, None, CONNECT_S, TIMEOUT_S)
+            self._pipe = Pipe({"db": found.db, "password": found.password}, CONNECT_S,
+                              TIMEOUT_S, locate=self._watch.locate, role=True)  # fmt: skip
+            self._watch.on_switch.append(self._master_changed)
+        clock = self._clock if self._watch is not None else None
+        self._batch = Batcher(self._write_batch, timeout_s=TIMEOUT_S, clock=clock)
+
+    def _clock(self) -> float:
+        """The group commit's clock under Sentinel: time held during a failover is left out."""
+        assert self._watch is not None
+        return asyncio.get_running_loop().time() - self._watch.held_s()
 
     async def _prepare(self) -> None:
-        """On first use: switch to the cluster client if this is a Cluster; warn on risky settings."""
+        """On first use: switch to the cluster client if this is a Cluster, or start
+        following the master under Sentinel; warn on risky settings."""
         if self._checked:
             return
-        client = self._client
-        if isinstance(client, Redis) and not self.url.startswith("redis+sentinel://"):
-            info = await client.info("cluster")
-            if info.get("cluster_enabled"):
-                await client.aclose()
-                self._client = RedisCluster.from_url(self.url, **_OPTIONS)
-            else:
-                self._pipe = Pipe.for_client(client, **_PIPE_TIMEOUTS)
-        self._checked = True
+        async with self._preparing:
+            if self._checked:
+                return
+            client = self._client
+            if self._watch is not None:
+                await self._watch.start()
+            elif isinstance(client, Redis):
+                info = await client.info("cluster")
+                if info.get("cluster_enabled"):
+                    await client.aclose()
+                    self._client = RedisCluster.from_url(self.url, **_OPTIONS)
+                else:
+                    self._pipe = Pipe.for_client(client, CONNECT_S, TIMEOUT_S)
+            self._checked = True
         await self._warn_settings()
 
     async def _warn_settings(self) -> None:
@@ -118,50 +175,61 @@ class RedisStore:
                 detail=f"maxmemory-policy {policy} may evict queued deliveries",
             )
 
+    def _master_changed(self) -> None:
+        """Sentinel named a new master: nothing more goes to the old one (the group
+        commit's connection is reset, redis-py's pooled ones are dropped)."""
+        if self._pipe is not None:
+            self._pipe.close(reset=True)
+        if isinstance(self._client, Redis):
+            pool = self._client.connection_pool
+            tasks.spawn("redis-sentinel-pool-reset", pool.disconnect())
+
     async def _sha(self, name: str) -> str:
-        """The script's SHA1, loading the script into Redis when it is not known yet (at first
-        use, and after `_shas` was cleared because Redis forgot its scripts)."""
+        """The script's SHA1; through redis-py (TLS, Cluster), the script is loaded first when
+        it is not known yet (at first use, and after `_shas` was cleared because Redis forgot
+        its scripts). The group commit's own connection loads scripts on NOSCRIPT (`_load`)."""
+        if self._pipe is not None:
+            return SHAS[name]
         sha = self._shas.get(name)
         if sha is None:
             sha = self._shas[name] = await self._client.script_load(SCRIPTS[name])
         return sha
 
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call, for the writes that are not group-committed."""
-        try:
-            await self._prepare()
-            try:
-                return await self._client.evalsha(await self._sha(name), len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                self._shas.clear()
-                return await self._client.evalsha(await self._sha(name), len(keys), *keys, *args)
-        except _ERRORS as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+    async def _load(self, names: set[str], deadline: float) -> None:
+        """Scripts Redis forgot (after a restart or a failover), loaded again."""
+        if self._pipe is None:
+            self._shas.clear()  # `_sha` loads them again through redis-py
+            return
+        commands = [resp.pack("SCRIPT", "LOAD", SCRIPTS[name]) for name in sorted(names)]
+        for reply in await self._pipe.exchange(commands, deadline):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _write_batch(self, writes: list[Write]) -> list[Any]:
-        """Every write's script call in one batch (`_send`); a script Redis forgot (after a
-        restart) is loaded again and the writes it refused are sent once more."""
+        """Every write's script call in one batch (`_send`), answered by the batch's
+        deadline; a script Redis forgot (after a restart) is loaded again and the writes it
+        refused are sent once more."""
+        deadline = self._batch.deadline
         try:
             await self._prepare()
-            replies = await self._send(writes)
+            if self._watch is not None:
+                return await self._write_to_master(writes, deadline)
+            replies = await self._send(writes, deadline)
             forgotten = [
                 i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
             ]
             if forgotten:
-                self._shas.clear()
-                for i, reply in zip(
-                    forgotten, await self._send([writes[i] for i in forgotten]), strict=True
-                ):
+                await self._load({writes[i][0] for i in forgotten}, deadline)
+                again = await self._send([writes[i] for i in forgotten], deadline)
+                for i, reply in zip(forgotten, again, strict=True):
                     replies[i] = reply
-            return [
-                StoreUnavailable(f"redis: {r}") if isinstance(r, _ERRORS) else r for r in replies
-            ]
+            return [_unavailable(reply) for reply in replies]
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    async def _send(self, writes: list[Write]) -> list[Any]:
+    async def _send(self, writes: list[Write], deadline: float) -> list[Any]:
         """One write to Redis for the whole batch: on the pipe (standalone Redis), else on a
-        connection borrowed from redis-py (TLS, Sentinel), or redis-py's cluster pipeline."""
+        connection borrowed from redis-py (TLS), or redis-py's cluster pipeline."""
         calls = [
             ("EVALSHA", await self._sha(name), len(keys), *keys, *args)
             for name, keys, args in writes
@@ -169,12 +237,108 @@ class RedisStore:
         if isinstance(self._client, Redis):
             packed = [resp.pack(*call) for call in calls]
             if self._pipe is not None:
-                return await self._pipe.exchange(packed)
-            return await resp.exchange(self._client, packed)
+                return await self._pipe.exchange(packed, deadline)
+            async with asyncio.timeout_at(deadline):
+                return await resp.exchange(self._client, packed)
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.execute_command(*call)
-        return list(await pipe.execute(raise_on_error=False))
+        async with asyncio.timeout_at(deadline):
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _write_to_master(self, writes: list[Write], deadline: float) -> list[Any]:
+        """The batch on the Sentinel master, `ROLE` after it; see the module's docstring.
+        Time held while writes are stopped does not count against `deadline` (the store's
+        clock leaves it out), but a batch is held at most `HOLD_S`."""
+        watch, pipe = self._watch, self._pipe
+        assert watch is not None
+        assert pipe is not None
+        loop = asyncio.get_running_loop()
+        held = 0.0
+        results: list[Any] = [None] * len(writes)
+        todo = list(range(len(writes)))
+        sends = 0
+        while todo := [i for i in todo if not self._batch.given_up(i)]:  # nobody waits: not sent
+            if sends == MAX_TRIES:
+                _fail(results, todo, f"not written after {MAX_TRIES} tries")
+                break
+            if not watch.open:
+                waiting = loop.time()
+                opened = await watch.wait_open(waiting + HOLD_S - held)
+                held += loop.time() - waiting
+                deadline += loop.time() - waiting
+                if not opened:
+                    _fail(results, todo, "held while Sentinel fails the master over; not sent")
+                    return results
+                continue
+            epoch = watch.epoch
+            packed = [
+                resp.pack("EVALSHA", SHAS[writes[i][0]], len(writes[i][1]), *writes[i][1], *writes[i][2])
+                for i in todo
+            ]  # fmt: skip
+            sends += 1
+            try:
+                replies = await pipe.exchange([*packed, _ROLE] if pipe.role else packed, deadline)
+            except NotSent as exc:
+                if isinstance(exc, NotMaster):
+                    watch.stop(str(exc))
+                if watch.open:
+                    _fail(results, todo, f"not sent: {exc}")
+                    return results
+                continue  # held until the sentinels name the master, then sent again
+            except _ERRORS as exc:  # sent, unanswered: outcome unknown
+                _fail(results, todo, str(exc))
+                return results
+            role = replies.pop() if len(replies) > len(todo) else None
+            trusted = watch.epoch == epoch and await self._still_master(pipe.peer, role)
+            again: list[int] = []
+            forgotten: set[str] = set()
+            refused = False
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, redis_errors.ReadOnlyError):
+                    again.append(i)  # refused by a replica: nothing happened, sent again
+                    refused = True
+                elif isinstance(reply, redis_errors.NoScriptError):
+                    again.append(i)  # not run: sent again once the script is loaded
+                    forgotten.add(writes[i][0])
+                elif trusted:
+                    results[i] = _unavailable(reply)
+                else:
+                    results[i] = StoreUnavailable(
+                        "redis: the master changed while this write was in flight; it may or"
+                        " may not have been applied"
+                    )
+            if refused:
+                watch.stop(f"READONLY from redis at {pipe.peer}")
+                pipe.close(reset=True)
+            elif forgotten:
+                try:
+                    await self._load(forgotten, deadline)
+                except _ERRORS as exc:
+                    _fail(results, again, f"cannot load the queue's scripts: {exc}")
+                    return results
+            todo = again
+        return results
+
+    async def _still_master(self, node: Address | None, role: Any) -> bool:
+        """After a batch: the node still says it is the master, and no replica it had after
+        the previous batch is gone (else every sentinel must confirm it: a replica that
+        left may have been promoted)."""
+        watch = self._watch
+        assert watch is not None
+        if role is None:  # ROLE is not allowed to this user (`Pipe.role` off): no check
+            return True
+        if isinstance(role, Exception) or not role or role[0] != b"master":
+            watch.stop(f"redis at {node} no longer says it is the master")
+            return False
+        replicas = frozenset((str(r[0].decode()), int(r[1])) for r in role[2])
+        previous, self._replicas = self._replicas, (node, replicas)
+        if previous is None or previous[0] != node or previous[1] <= replicas:
+            return True
+        if await watch.confirm(node) if node is not None else False:
+            return True
+        watch.stop(f"a replica of redis at {node} left and the sentinels did not confirm it")
+        return False
 
     async def _call(self, command: str, *args: Any) -> Any:
         try:
@@ -198,6 +362,10 @@ class RedisStore:
         rows = await self._batch.call(("lease", [Q], args))
         return [Delivery.load(meta, body, token.decode()) for token, meta, body in rows]
 
+    async def renew(self, delivery: Delivery, lease_s: float) -> bool:
+        args = [delivery.id, delivery.lease, time.time() + lease_s]
+        return bool(await self._batch.call(("renew", [Q, _d(delivery.id)], args)))
+
     async def complete(self, delivery: Delivery) -> bool:
         keys = [Q, _d(delivery.id), DEPTH]
         return bool(await self._batch.call(("complete", keys, [delivery.id, delivery.lease])))
@@ -212,8 +380,12 @@ class RedisStore:
         return bool(await self._batch.call(("bury", keys, args)))
 
     async def release(self, deliveries: list[Delivery], now: float) -> None:
-        for delivery in deliveries:
-            await self._script("release", [Q, _d(delivery.id)], [delivery.id, delivery.lease, now])
+        await asyncio.gather(
+            *(
+                self._batch.call(("release", [Q, _d(d.id)], [d.id, d.lease, now]))
+                for d in deliveries
+            )
+        )
 
     async def dead_letters(self, route: str | None, limit: int) -> list[Delivery]:
         ids = await self._call("zrevrange", _dead(route) if route else DEAD, 0, limit - 1)
@@ -230,7 +402,8 @@ class RedisStore:
             return False
         fresh = dead.after(attempts=0, reason=None, failed_at=None)
         keys = [Q, _d(dead.id), DEPTH, DEAD, _dead(dead.route)]
-        return bool(await self._script("replay", keys, [dead.id, fresh.meta(), now, dead.route]))
+        args = [dead.id, fresh.meta(), now, dead.route]
+        return bool(await self._batch.call(("replay", keys, args)))
 
     async def replay_route(self, route: str, now: float) -> int:
         ids = await self._call("zrange", _dead(route), 0, -1)
@@ -241,7 +414,7 @@ class RedisStore:
         if dead is None:
             return False
         keys = [_d(dead.id), DEAD, _dead(dead.route)]
-        return bool(await self._script("delete", keys, [dead.id]))
+        return bool(await self._batch.call(("delete", keys, [dead.id])))
 
     async def sizes(self) -> dict[str, tuple[int, int]]:
         depths = await self._call("hgetall", DEPTH)
@@ -258,7 +431,19 @@ class RedisStore:
         await self._batch.drain()
         if self._pipe is not None:
             self._pipe.close()
+        if self._watch is not None:
+            await self._watch.close()
         await self._client.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
                 await client.aclose()
+
+
+def _unavailable(reply: Any) -> Any:
+    """An error reply as `StoreUnavailable`; any other reply as it is."""
+    return StoreUnavailable(f"redis: {reply}") if isinstance(reply, _ERRORS) else reply
+
+
+def _fail(results: list[Any], indexes: list[int], why: str) -> None:
+    for i in indexes:
+        results[i] = StoreUnavailable(f"redis: {why}")

@@ -1,12 +1,15 @@
 """The Lua scripts of the Redis store: one atomic step per queue state change.
 
-A result is written only while the delivery's `lease` field still holds the caller's token;
-otherwise the lease expired and another worker owns the delivery, and the script does
-nothing and answers 0. Keys of one delivery are derived inside `lease` from the shared
-prefix, all in the same hash slot.
+A result (or a lease renewal) is written only while the delivery's `lease` field still
+holds the caller's token; otherwise the lease expired and another worker owns the delivery,
+and the script does nothing and answers 0. Keys of one delivery are derived inside `lease`
+from the shared prefix, all in the same hash slot. `SHAS` are the scripts' SHA1s, for
+`EVALSHA` without asking Redis (a script it does not know is loaded on NOSCRIPT).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 _HELD = """
 if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] or redis.call('HGET', KEYS[2], 'dead') ~= '0' then
@@ -54,6 +57,16 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[3], route, -1)
 return 1
 """,
+    # KEYS q, d   ARGV id, token, deadline: the holder's lease runs on until `deadline` (an
+    # expired lease nobody took yet is the holder's still: renewed as well)
+    "renew": """
+if ARGV[2] == '' then return 0 end
+"""
+    + _HELD
+    + """
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+""",
     # KEYS q, d   ARGV id, token, meta, due
     "reschedule": _HELD
     + """
@@ -97,4 +110,8 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """,
+}
+
+SHAS: dict[str, str] = {
+    name: hashlib.sha1(source.encode()).hexdigest() for name, source in SCRIPTS.items()
 }
