@@ -16,9 +16,9 @@ from setuptools import setup
 # parsing, the admin plane, the queue and anything mypyc does not support (async generators,
 # subclasses of OSError, class bodies with tuple assignments).
 COMPILED = (
-    "attempt", "breaker", "fallback", "headers", "httpclient", "httpserver", "limits", "logs",
-    "message", "metrics", "outcomes", "proxy", "routing", "runtime", "signing", "stats",
-    "targets", "upstream",
+    "attempt", "breaker", "fallback", "headers", "httpclient", "httpreader", "httprules",
+    "httpserver", "limits", "logs", "message", "metrics", "outcomes", "proxy", "routing",
+    "runtime", "signing", "stats", "targets", "upstream",
 )  # fmt: skip
 
 

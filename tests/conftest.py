@@ -23,10 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
+from hookshield.app import App
 from hookshield.config import Config, load_config
-from hookshield.httpserver import Listener
-from hookshield.runtime import STATE, State
-from hookshield.server import build_apps
+from hookshield.config.models import Address
+from hookshield.runtime import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -169,7 +169,8 @@ async def stack(tmp_path: Path) -> Any:
     """Factory: `await stack(config_mapping, env=...)`, or `await stack(path=config_file)`
     -> a running `Stack`."""
     admins: list[TestClient[web.Request, web.Application]] = []
-    listeners: list[tuple[Listener, DataClient]] = []
+    apps: list[App] = []
+    clients: list[DataClient] = []
 
     async def start(
         data: dict[str, Any] | None = None,
@@ -179,20 +180,23 @@ async def stack(tmp_path: Path) -> Any:
         config = (
             load_config(path, env=env or {}) if path else make_config(data or {}, tmp_path, env)
         )
-        listener, admin = build_apps(config, grace_s=2.0)
-        admin_client: TestClient[web.Request, web.Application] = TestClient(TestServer(admin))
-        await admin_client.start_server()  # starts the lifecycle
+        app = App(config, grace_s=2.0)
+        await app.start(Address("127.0.0.1", 0))  # every part but the admin plane's listener
+        apps.append(app)
+        admin_client: TestClient[web.Request, web.Application] = TestClient(TestServer(app.admin))
+        await admin_client.start_server()
         admins.append(admin_client)
-        client = DataClient(await listener.start("127.0.0.1", 0))
-        listeners.append((listener, client))
-        return Stack(client, admin_client, admin[STATE])
+        client = DataClient(app.data_port)
+        clients.append(client)
+        return Stack(client, admin_client, app.state)
 
     yield start
-    for listener, client in reversed(listeners):
+    for client in reversed(clients):
         await client.session.close()
-        await listener.stop(2.0)
     for admin_client in reversed(admins):
         await admin_client.close()
+    for app in reversed(apps):
+        await app.stop()
 
 
 def needs_tool(name: str) -> pytest.MarkDecorator:

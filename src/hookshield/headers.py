@@ -1,8 +1,12 @@
 """Header rules: what the target receives and what the platform gets back (SPEC §3, §4).
 
 Hop-by-hop headers (and any named in `Connection`) never cross the proxy; neither do
-hookshield's own `X-Hookshield-*` control headers. A `HeaderPolicy` is built once per
-route with its `add`/`remove` lists folded into lower-case sets.
+hookshield's own `X-Hookshield-*` control headers, nor `Expect` (hookshield meets the
+expectation itself). Platform header names holding `_` are not forwarded (SPEC §9, nginx's
+`underscores_in_headers off`) unless the route sets `headers.allow_underscores`: two
+spellings of one name (`X-User_Id`, `X-User-Id`) must not reach a target that folds `_` into
+`-` as two values of one header. A `HeaderPolicy` is built once per route with its
+`add`/`remove` lists folded into lower-case sets.
 
 On the data plane each header name's verdict (keep, drop, or `Connection`) is looked up
 by the name as received, learnt on first sight: the names a platform and its targets send
@@ -26,7 +30,7 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 # Set anew for the outbound request by the HTTP client: never copied from the platform.
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 CONTROL_PREFIX = "x-hookshield-"
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})  # a `Connection` value naming no header
@@ -43,17 +47,24 @@ Name = TypeVar("Name", str, bytes)
 class Verdicts(dict[Name, int], Generic[Name]):
     """Header name as received -> KEEP, DROP or CONNECTION, learnt on first lookup."""
 
-    def __init__(self, dropped: frozenset[Name], control: Name, connection: Name) -> None:
+    def __init__(
+        self, dropped: frozenset[Name], control: Name, connection: Name, underscore: Name | None
+    ) -> None:
         super().__init__()
         self.dropped: frozenset[Name] = dropped
         self.control: Name = control
         self.connection: Name = connection
+        self.underscore: Name | None = underscore  # names holding it are dropped (None: kept)
 
     def __missing__(self, name: Name) -> int:
         lower = name.lower()
         if lower == self.connection:
             verdict = CONNECTION
-        elif lower in self.dropped or lower.startswith(self.control):
+        elif (
+            lower in self.dropped
+            or lower.startswith(self.control)
+            or (self.underscore is not None and self.underscore in name)
+        ):
             verdict = DROP
         else:
             verdict = KEEP
@@ -69,14 +80,17 @@ def _connection_named(headers: CIMultiDict[str]) -> set[str]:
     return named
 
 
-def _kept(headers: CIMultiDict[str], dropped: frozenset[str]) -> Pairs:
-    """The general rule: `dropped`, the names `Connection` lists, and control headers go."""
+def _kept(headers: CIMultiDict[str], dropped: frozenset[str], underscores: bool = True) -> Pairs:
+    """The general rule: `dropped`, the names `Connection` lists, control headers and (when
+    not `underscores`) names holding `_` go."""
     if "Connection" in headers:
         dropped = dropped | _connection_named(headers)
     return [
         (name, value)
         for name, value in headers.items()
-        if (lower := name.lower()) not in dropped and not lower.startswith(CONTROL_PREFIX)
+        if (lower := name.lower()) not in dropped
+        and not lower.startswith(CONTROL_PREFIX)
+        and (underscores or "_" not in name)
     ]
 
 
@@ -98,9 +112,11 @@ class HeaderPolicy:
             | own
         )
         self.not_returned = _NOT_RETURNED | {name.lower() for name in answered}
-        self._outbound = Verdicts(self.dropped, CONTROL_PREFIX, "connection")
+        self.underscores = config.allow_underscores
+        underscore = None if self.underscores else "_"
+        self._outbound = Verdicts(self.dropped, CONTROL_PREFIX, "connection", underscore)
         raw_dropped = frozenset(name.encode("latin-1") for name in self.not_returned)
-        self._returned = Verdicts(raw_dropped, CONTROL_PREFIX.encode(), b"connection")
+        self._returned = Verdicts(raw_dropped, CONTROL_PREFIX.encode(), b"connection", None)
 
     def outbound(self, incoming: CIMultiDict[str], extra: Pairs) -> Pairs:
         """The headers sent to the target: the platform's, filtered, then `add`, then `extra`."""
@@ -110,7 +126,7 @@ class HeaderPolicy:
             if verdict == KEEP:
                 kept.append((name, value))
             elif verdict == CONNECTION and value.lower() not in _PLAIN_CONNECTION:
-                kept = _kept(incoming, self.dropped)
+                kept = _kept(incoming, self.dropped, self.underscores)
                 break
         return kept + self.added + extra
 

@@ -1,11 +1,15 @@
-"""The data plane's HTTP/1.1 listener: an asyncio protocol on llhttp (`httptools`).
+"""The data plane's HTTP/1.1 listener: asyncio protocols on llhttp (`httptools`).
 
-The platform's requests arrive here. A request is read whole (its body refused as soon
-as it is known to exceed the limit) and handed to the handler as a `Request`; the
-handler's `Answer` is written back with `Content-Length`. Keep-alive and pipelining
-follow HTTP/1.1: answers leave in request order, one handler call at a time per
-connection. `Expect: 100-continue` is answered. `stop` refuses new connections, lets
-in-flight calls finish for up to a grace period and closes idle keep-alive connections.
+The platform's requests arrive here, are read by a `RequestReader` (the limits and HTTP
+rules of SPEC §9) and handed to the handler; the handler's `Answer` is written back with
+`Content-Length`. Answers leave in request order, one handler call at a time per
+connection; a refused request is answered after the answers due before it, and then the
+connection closes. A closing connection is shut down for writing and drained for a moment
+first, so that unread bytes never reset it under its last answer.
+
+Each connection has one deadline (its header block, the gap between body bytes, idle
+keep-alive, or the final drain), enforced by one loop timer, re-created only when a
+deadline comes before the one the timer waits for: a request costs two float stores.
 """
 
 from __future__ import annotations
@@ -14,87 +18,61 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Final, cast
 
-import httptools
-from multidict import CIMultiDict
-
+from hookshield import logs
+from hookshield.config.models import Limits
+from hookshield.errors import RequestTimeout
+from hookshield.httpreader import BODY, HEAD, IDLE, LINGER, Deadline, RequestReader
+from hookshield.httprules import CLOSE, CONTINUE, encode_answer
 from hookshield.message import Answer, Request
 
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-OUTCOME_HEADER = "X-Hookshield-Outcome"  # on every data-plane answer (SPEC §4)
-_MAX_PIPELINED = 32  # queued requests on one connection before it stops reading
-
+_MAX_PIPELINED: Final = 32  # queued requests on one connection before it stops reading
+_LINGER_S: Final = 2.0  # how long a closing connection drains what the platform still sends
 
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
-def encode_answer(answer: Answer, keep_alive: bool, head: bool = False) -> bytes:
-    """Status line, the passed and own headers, the outcome, `Content-Length` (none for
-    1xx/204/304), body."""
-    status = answer.status
-    own = "".join([f"{name}: {value}\r\n" for name, value in answer.headers.items()])
-    if answer.outcome:
-        own += f"{OUTCOME_HEADER}: {answer.outcome}\r\n"
-    parts = [
-        _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
-        answer.passed,
-        own.encode("latin-1", "replace"),
-    ]
-    body = answer.body
-    if status < 200 or status in (204, 304):
-        body = b""
-    else:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    if not head:
-        parts.append(body)
-    return b"".join(parts)
-
-
 class HttpConnection(asyncio.Protocol):
-    """One platform connection: parses requests, queues them, writes their answers in order."""
+    """One platform connection: reads requests, queues them, writes their answers in order."""
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
-        self.parser = httptools.HttpRequestParser(self)
+        self.deadline = Deadline(self.loop, self._expired)
+        self.reader = RequestReader(self, listener.limits, self.deadline)
         self.transport: asyncio.Transport | None = None
-        self.queue: deque[tuple[Request, bool]] = deque()
+        self.queue: deque[tuple[Request, bytes] | Answer] = deque()
         self.task: asyncio.Task[None] | None = None
-        self.last_active = self.loop.time()
         self._writable: asyncio.Future[None] | None = None
-        self._begin()
-
-    def _begin(self) -> None:
-        self.url: list[bytes] = []
-        self.header_list: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.request: Request | None = None
-        self.dispatched = False
+        self.paused = False
+        self.peer_done = False  # the platform shut down its sending side
+        self.wants_continue = False  # a `100 Continue` waits for the answers due before it
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self.listener.connections.add(self)
+        self.deadline.arm(IDLE, self.loop.time() + self.reader.bounds.idle_s)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse("protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            self._refuse(f"the request is not valid HTTP/1.1: {exc}")
+        now = self.loop.time()
+        self.reader.feed(data, now)
+        if self.deadline.phase == BODY:  # bytes came: the gap starts again
+            self.deadline.at = now + self.reader.bounds.body_s
+
+    def eof_received(self) -> bool | None:
+        self.peer_done = True
+        if self.deadline.phase == LINGER or self.idle:
+            return None  # close now
+        self.reader.reading, self.deadline.phase = False, 0  # answer what is due, then close
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
         self.queue.clear()
+        self.reader.reading = False
+        self.deadline.cancel()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -106,72 +84,90 @@ class HttpConnection(asyncio.Protocol):
             self._writable.set_result(None)
         self._writable = None
 
-    # llhttp callbacks
-    def on_message_begin(self) -> None:
-        self._begin()
-
-    def on_url(self, url: bytes) -> None:
-        self.url.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        headers = CIMultiDict(self.header_list)
-        method = self.parser.get_method().decode("ascii", "replace")
-        path = b"".join(self.url).decode("latin-1")
-        self.request = Request(method, path, headers, b"", self.loop.time())
-        length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.listener.body_limit():
-            self._dispatch_too_large()
-        elif headers.get("Expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(_CONTINUE)
-
-    def on_body(self, body: bytes) -> None:
-        if self.dispatched:
-            return
-        self.size += len(body)
-        if self.size > self.listener.body_limit():
-            self._dispatch_too_large()
-        else:
-            self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.dispatched or self.request is None:
-            return
-        self.request.body = b"".join(self.chunks)
-        self._dispatch(self.request, self.parser.should_keep_alive())
-
-    # answering
-    def _dispatch_too_large(self) -> None:
-        assert self.request is not None
-        self.request.too_large, self.chunks = True, []
-        self._dispatch(self.request, keep_alive=False)  # the unread body makes the stream unusable
-
-    def _dispatch(self, request: Request, keep_alive: bool) -> None:
-        self.dispatched = True
+    # what the reader tells (`httpreader.Events`)
+    def dispatch(self, request: Request, connection: bytes) -> None:
         self.listener.calls += 1
-        self.queue.append((request, keep_alive))
-        if len(self.queue) > _MAX_PIPELINED and self.transport is not None:
-            self.transport.pause_reading()
+        self.queue.append((request, connection))
+        self.deadline.phase = 0  # no deadline while its answer is due
+        if connection == CLOSE or len(self.queue) > _MAX_PIPELINED:
+            self._pause()
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
 
+    def refuse(self, answer: Answer) -> None:
+        """No further request is read; `answer` goes after the answers due, then close."""
+        self.reader.reading, self.deadline.phase = False, 0
+        self._pause()
+        logs.requests.add("-", "-", "-", "-", answer.status, answer.outcome, 0.0, "-")
+        self.queue.append(answer)
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+
+    def expect_continue(self) -> None:
+        """`100 Continue` now, or once the answers due before it are written."""
+        if self.idle and self.transport is not None:
+            self.transport.write(CONTINUE)
+        else:
+            self.wants_continue = True
+
+    def _expired(self, phase: int) -> None:
+        """The deadline passed: 408 for a request being read, else close."""
+        if phase in (HEAD, BODY):
+            if self.paused:  # not reading by its own choice (answers due): no fault of the platform
+                bounds = self.reader.bounds
+                wait_s = bounds.header_s if phase == HEAD else bounds.body_s
+                self.deadline.arm(phase, self.loop.time() + wait_s)
+                return
+            part = "header block" if phase == HEAD else "body"
+            self.refuse(
+                RequestTimeout(f"the request's {part} did not arrive in time").to_answer("-")
+            )
+        elif phase == LINGER or self.idle:
+            self.close()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.paused = False
+
+    # answering
     async def _serve(self) -> None:
         try:
             while self.queue:
-                request, keep_alive = self.queue.popleft()
+                item = self.queue.popleft()
+                if isinstance(item, Answer):  # a refusal: the connection's last answer
+                    await self._write(encode_answer(item, CLOSE))
+                    self._finish()
+                    return
+                request, connection = item
                 answer = await self.listener.handler(request)
-                keep_alive = keep_alive and not self.listener.closing
-                await self._write(encode_answer(answer, keep_alive, request.method == "HEAD"))
-                if not keep_alive:
-                    self.close()
+                if self.listener.closing:
+                    connection = CLOSE
+                await self._write(encode_answer(answer, connection, request.method == "HEAD"))
+                if connection == CLOSE:
+                    self._finish()
                     return
         finally:
             self.task = None
-            self.last_active = self.loop.time()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._idle_again()
+
+    def _idle_again(self) -> None:
+        """Every due answer is written: read on (the next request, or idle)."""
+        if not self.reader.reading:
+            self._finish()
+            return
+        if self.wants_continue and self.transport is not None:
+            self.wants_continue = False
+            self.transport.write(CONTINUE)
+        if self.paused:
+            self._resume()
+        if not self.deadline.phase:  # else a request is being read, under its own deadline
+            self.deadline.arm(IDLE, self.loop.time() + self.reader.bounds.idle_s)
 
     async def _write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -180,10 +176,21 @@ class HttpConnection(asyncio.Protocol):
         if self._writable is not None:
             await self._writable
 
-    def _refuse(self, message: str) -> None:
-        if self.task is None and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_answer(self.listener.bad_request(message), False))
-        self.close()
+    def _finish(self) -> None:
+        """After the last answer: shut down writing and drain what the platform still
+        sends for up to `_LINGER_S` (closing on unread bytes would reset the connection
+        and could lose that answer), then close."""
+        self.reader.reading = False
+        self.queue.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.peer_done or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._resume()
+        self.deadline.arm(LINGER, self.loop.time() + _LINGER_S)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -195,22 +202,15 @@ class HttpConnection(asyncio.Protocol):
 
 
 class Listener:
-    """The data plane's server socket and its connections."""
+    """The data plane's server socket and its connections. `limits` answers the `Limits`
+    of the config in force (a reload swaps it; each request reads it when it begins)."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        body_limit: Callable[[], int],
-        bad_request: Callable[[str], Answer],
-        keepalive_s: float = 75.0,
-    ) -> None:
-        self.handler, self.body_limit, self.bad_request = handler, body_limit, bad_request
-        self.keepalive_s = keepalive_s
+    def __init__(self, handler: Handler, limits: Callable[[], Limits]) -> None:
+        self.handler, self.limits = handler, limits
         self.connections: set[HttpConnection] = set()
         self.calls = 0  # requests received so far (read by `pressure`)
         self.closing = False
         self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         """Listen on `host:port` (port 0: any free port); answers the port bound."""
@@ -218,29 +218,15 @@ class Listener:
         self._server = await loop.create_server(
             lambda: HttpConnection(self), host, port, reuse_port=reuse_port or None, backlog=4096
         )
-        self._sweeper = loop.create_task(self._sweep())
         # uvloop's `sockets` is a list where typeshed says tuple, which the compiled build checks
         server: Any = self._server
         return int(server.sockets[0].getsockname()[1])
-
-    async def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than `keepalive_s`."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(5.0, self.keepalive_s / 2))
-            now = loop.time()
-            for connection in list(self.connections):
-                if connection.idle and now - connection.last_active > self.keepalive_s:
-                    connection.close()
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new connections; let in-flight calls finish for up to `grace_s`; close all."""
         self.closing = True
         if self._server is not None:
             self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
         for connection in [c for c in self.connections if c.idle]:
             connection.close()
         busy = [c.task for c in self.connections if c.task is not None]

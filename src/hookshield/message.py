@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 @dataclass(slots=True)
 class Request:
     method: str
-    raw_path: str  # path and query, as received
+    raw_path: str  # path and query in origin form (a fragment is cut off, never forwarded)
     headers: CIMultiDict[str]
     body: bytes
     started: float  # loop time when its headers were read
@@ -28,3 +28,6 @@ class Answer:
     body: bytes
     passed: bytes = b""  # header lines passed through as received (a target's), before `headers`
     outcome: str = ""  # how it was answered (SPEC §4): sent as `X-Hookshield-Outcome`
+    # `Content-Length` to send in place of len(body): a HEAD answer keeps the target's
+    # (SPEC §9); -1 sends none (the target sent none). None: len(body).
+    length: int | None = None

@@ -35,9 +35,11 @@ from hookshield.errors import (
     UpstreamUnreachable,
 )
 from hookshield.fallback import cache_key
+from hookshield.headers import RawPairs
 from hookshield.limits import Bulkhead
 from hookshield.message import Answer, Request
 from hookshield.queue.base import Delivery, StoreUnavailable
+from hookshield.queue.guard import StoreTimeout, enqueue_within
 from hookshield.runtime import RoutePlan, State
 from hookshield.upstream import UpstreamResponse, send
 
@@ -156,10 +158,15 @@ async def enqueue(plan: RoutePlan, call: Call) -> Answer:
     dedupe = call.request.headers.get("Idempotency-Key") or call.request.headers.get("X-Request-ID")
     if call.state.store is None:
         raise QueueUnavailable("the queue store is not open")
-    try:
-        delivery_id, duplicate = await call.state.store.enqueue(
-            delivery, dedupe, delivery.created_at
+    try:  # within the route's time left, whatever the store does (SPEC §4)
+        delivery_id, duplicate = await enqueue_within(
+            call.state.store, delivery, dedupe, delivery.created_at, call.remaining_s()
         )
+    except StoreTimeout as exc:
+        raise QueueUnavailable(
+            "the queue store did not answer in time; the call may still be delivered "
+            "(a retry with the same Idempotency-Key or X-Request-ID is deduplicated)"
+        ) from exc
     except StoreUnavailable as exc:
         raise QueueUnavailable("the queue store is unavailable; nothing was queued") from exc
     call.state.wake_deliverer()
@@ -197,7 +204,18 @@ async def forward(plan: RoutePlan, call: Call) -> Answer:
         returned = plan.headers.returned(answer.headers)
         plan.fallback.remember(key, answer.status, returned, answer.body)
     passed = plan.headers.returned_lines(answer.raw_headers)
-    return Answer(answer.status, CIMultiDict(), answer.body, passed, "upstream")
+    result = Answer(answer.status, CIMultiDict(), answer.body, passed, "upstream")
+    if call.request.method == "HEAD":  # the length a GET would have, as the target said (SPEC §9)
+        result.length = declared_length(answer.raw_headers)
+    return result
+
+
+def declared_length(raw: RawPairs) -> int:
+    """The `Content-Length` among a target's raw header lines; -1 when it sent none."""
+    for name, value in raw:
+        if len(name) == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return -1
 
 
 async def attempts(

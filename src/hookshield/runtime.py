@@ -205,7 +205,7 @@ class State:
 
     `store`, `deliverer` (worker 0 only), `wake_deliverer` and `reloader` are set by the
     lifecycle (`server`) while it runs;
-    `data_calls` (how many calls the data plane has received) by `server.build_apps`."""
+    `data_calls` (how many calls the data plane has received) by `app.App`."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

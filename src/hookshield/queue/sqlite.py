@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -393,8 +394,6 @@ class SqliteStore:
     async def renew(self, delivery: Delivery, lease_s: float) -> bool:
         """The holder's lease runs on until now + `lease_s` (in the group commit: one
         transaction renews every in-flight delivery of a renewal pass)."""
-        import time  # here: this method was appended; the imports above are another change's
-
         if not delivery.lease:
             return False
         deadline = time.time() + lease_s
