@@ -26,6 +26,7 @@ from hookshield.errors import RequestTimeout
 from hookshield.httpreader import BODY, HEAD, IDLE, LINGER, Deadline, RequestReader
 from hookshield.httprules import CLOSE, CONTINUE, encode_answer
 from hookshield.message import Answer, Request
+from hookshield.tasks import spawn
 
 _MAX_PIPELINED: Final = 32  # queued requests on one connection before it stops reading
 _LINGER_S: Final = 2.0  # how long a closing connection drains what the platform still sends
@@ -92,7 +93,7 @@ class HttpConnection(asyncio.Protocol):
         if connection == CLOSE or len(self.queue) > _MAX_PIPELINED:
             self._pause()
         if self.task is None:
-            self.task = self.loop.create_task(self._serve())
+            self.task = spawn("connection", self._serve())
 
     def refuse(self, answer: Answer) -> None:
         """No further request is read; `answer` goes after the answers due, then close."""
@@ -101,7 +102,7 @@ class HttpConnection(asyncio.Protocol):
         logs.requests.add("-", "-", "-", "-", answer.status, answer.outcome, 0.0, "-")
         self.queue.append(answer)
         if self.task is None:
-            self.task = self.loop.create_task(self._serve())
+            self.task = spawn("connection", self._serve())
 
     def expect_continue(self) -> None:
         """`100 Continue` now, or once the answers due before it are written."""
