@@ -3,9 +3,9 @@
 Hop-by-hop headers (and any named in `Connection`) never cross the proxy; neither do
 hookshield's own `X-Hookshield-*` control headers, nor `Expect` (hookshield meets the
 expectation itself). Platform header names holding `_` are not forwarded (SPEC §9, nginx's
-`underscores_in_headers off`) unless the route sets `headers.allow_underscores`: two
-spellings of one name (`X-User_Id`, `X-User-Id`) must not reach a target that folds `_` into
-`-` as two values of one header. A `HeaderPolicy` is built once per route with its
+`underscores_in_headers off`) unless the route sets `headers.allow_underscores`: a target
+that maps `-` and `_` to one name (CGI's and WSGI's `HTTP_X_USER_ID`) would take a forged
+`X_User_Id` for `X-User-Id`. A `HeaderPolicy` is built once per route with its
 `add`/`remove` lists folded into lower-case sets.
 
 On the data plane each header name's verdict (keep, drop, or `Connection`) is looked up

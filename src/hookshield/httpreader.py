@@ -55,11 +55,13 @@ _NOTED: Final = {
     b"Transfer-Encoding": _CODING, b"Content-Length": _LENGTH, b"Expect": _EXPECT,
     b"Upgrade": _UPGRADE,
 }  # fmt: skip
+_LONGEST: Final = 17  # len(b"Transfer-Encoding")
 # length -> (first letter in lower case, the name as usually spelt, in lower case, kind)
 _BY_LENGTH: Final[tuple[tuple[int, bytes, bytes, int] | None, ...]] = tuple(
     next(((n[0] | 32, n, n.lower(), k) for n, k in _NOTED.items() if len(n) == size), None)
-    for size in range(max(map(len, _NOTED)) + 1)
+    for size in range(_LONGEST + 1)
 )
+assert max(map(len, _NOTED)) == _LONGEST
 
 
 class Events(Protocol):
@@ -131,6 +133,7 @@ class RequestReader:
         self.reading = True  # False once no further request will be read
         self.refusal: Answer | None = None  # set by a callback that stopped the parser
         self.now, self.fed = 0.0, 0  # loop time and size of the bytes being fed
+        self.head_due = 0.0  # when the head being read must be whole
         self.begun = 0  # requests begun on this connection
         self.clean = True  # no request ended earlier in the bytes being fed
         self.head_at_start = False  # this head began at the start of the bytes being fed
@@ -169,10 +172,15 @@ class RequestReader:
         except httptools.HttpParserUpgrade:  # refused in on_headers_complete: a safety net
             self._refuse(BadRequest("protocol upgrades are not supported"))
             return
-        if self.in_head and (self.begun == begun or self.head_at_start):  # all of it is head
-            self.head_fed += len(data)
-            if self.head_fed > self.bounds.header_bytes:
-                self._refuse(_too_large_head(self.bounds))
+        if self.in_head:  # a head still incomplete: its deadline, and maybe its size
+            if self.deadline.phase != HEAD:
+                self.deadline.arm(HEAD, self.head_due)
+            if self.begun == begun or self.head_at_start:  # all of the bytes are head
+                self.head_fed += len(data)
+                if self.head_fed > self.bounds.header_bytes:
+                    self._refuse(_too_large_head(self.bounds))
+        elif self.request is not None and not self.dispatched:  # a body still to come
+            self.deadline.arm(BODY, now + self.bounds.body_s)  # the gap starts again
 
     def _failed(self, exc: httptools.HttpParserError) -> None:
         if self.refusal is not None:
@@ -202,7 +210,7 @@ class RequestReader:
             self.bounds = Bounds(limits)
         self.in_head, self.head_at_start, self.head_bound = True, self.clean, self.fed
         self.begun += 1
-        self.deadline.arm(HEAD, self.now + self.bounds.header_s)
+        self.head_due = self.now + self.bounds.header_s  # armed if the bytes fed end mid-head
 
     def on_url(self, url: bytes) -> None:
         self.url.append(url)
@@ -220,23 +228,25 @@ class RequestReader:
         text = value.decode("latin-1")
         self.header_list.append((name.decode("latin-1"), text))
         size = len(name)
-        if size < len(_BY_LENGTH):
+        if size <= _LONGEST:
             noted = _BY_LENGTH[size]
             if (
                 noted is not None
                 and name[0] | 32 == noted[0]
                 and (name == noted[1] or name.lower() == noted[2])
             ):
-                self._note(noted[3], text)
+                kind = noted[3]
+                if kind == _HOST:
+                    self.hosts += 1
+                    self.host = text
+                elif kind == _LENGTH:
+                    self.length = text
+                else:
+                    self._note(kind, text)
 
     def _note(self, kind: int, value: str) -> None:
-        """Keep what the rules need of a Host, Connection, Transfer-Encoding, ... header."""
-        if kind == _HOST:
-            self.hosts += 1
-            self.host = value
-        elif kind == _LENGTH:
-            self.length = value
-        elif kind == _CONNECTION:
+        """Keep what the rules need of a Connection, Transfer-Encoding, Expect or Upgrade."""
+        if kind == _CONNECTION:
             self.connection = True
         elif kind == _CODING:
             self.coding = value if self.coding is None else f"{self.coding}, {value}"
@@ -271,7 +281,6 @@ class RequestReader:
             return
         if self.expect and not self.http10:
             self.events.expect_continue()
-        self.deadline.arm(BODY, self.now + bounds.body_s)
 
     def _measure(self, method: str) -> None:
         """Raise 431 when the request line and header block are over the limits."""

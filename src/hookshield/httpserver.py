@@ -8,8 +8,10 @@ connection closes. A closing connection is shut down for writing and drained for
 first, so that unread bytes never reset it under its last answer.
 
 Each connection has one deadline (its header block, the gap between body bytes, idle
-keep-alive, or the final drain), enforced by one loop timer, re-created only when a
-deadline comes before the one the timer waits for: a request costs two float stores.
+keep-alive, or the final drain), enforced by one loop timer (`httpreader.Deadline`),
+re-created only when a deadline comes before the one the timer waits for. A head or body
+deadline is set only when the bytes fed end inside one: a request that arrives whole
+costs the keep-alive deadline set after its answer, and no timer of its own.
 """
 
 from __future__ import annotations
@@ -57,10 +59,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline.arm(IDLE, self.loop.time() + self.reader.bounds.idle_s)
 
     def data_received(self, data: bytes) -> None:
-        now = self.loop.time()
-        self.reader.feed(data, now)
-        if self.deadline.phase == BODY:  # bytes came: the gap starts again
-            self.deadline.at = now + self.reader.bounds.body_s
+        self.reader.feed(data, self.loop.time())
 
     def eof_received(self) -> bool | None:
         self.peer_done = True
